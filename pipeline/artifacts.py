@@ -1,0 +1,120 @@
+"""Atomic writes and fingerprints: the artifact store's two promises.
+
+A reader never sees a half-written file or stage folder (temp, then os.replace), and every output can be
+fingerprinted cheaply (names, sizes, mtimes) or fully (content hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_csv(path: Path, frame) -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@contextmanager
+def staged_dir(final: Path, keep_partial: bool = False) -> Iterator[Path]:
+    """Build a stage's output folder beside its final place, then swap it in.
+
+    A killed stage leaves only `.<name>.partial`, which no later stage reads. With keep_partial the
+    partial folder survives a failure and is reused by the next attempt (train resumes from it).
+    """
+    final = Path(final)
+    partial = final.parent / f".{final.name}.partial"
+    if partial.exists() and not keep_partial:
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    yield partial
+    old = final.parent / f".{final.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(partial, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def hash_data(data: Any) -> str:
+    """Order-stable hash of plain data (params sections, fingerprints)."""
+    return hash_bytes(json.dumps(data, sort_keys=True, default=str).encode())
+
+
+def hash_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def list_files(root: Path) -> list[Path]:
+    """Every regular file below root, sorted, hidden names (temp files, locks) left out."""
+    root = Path(root)
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return files
+
+
+def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = ()) -> str:
+    """Fingerprint of a file tree: relative names with sizes and mtimes, or with content hashes."""
+    root = Path(root)
+    rows = []
+    for path in list_files(root):
+        rel = path.relative_to(root).as_posix()
+        if rel in exclude:
+            continue
+        stat = path.stat()
+        rows.append([rel, hash_file(path)] if content else [rel, stat.st_size, stat.st_mtime_ns])
+    return hash_data(rows)

@@ -1,0 +1,26 @@
+"""Read the preprocess cache: the index table and the memory-mapped uint8 arrays (no decoding)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import read_json
+
+
+def read_index(preprocess_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(Path(preprocess_dir) / "index.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+
+
+def read_arrays(preprocess_dir: Path) -> dict[str, np.ndarray]:
+    return {split: np.load(Path(preprocess_dir) / f"{split}.npy", mmap_mode="r") for split in ("train", "test")}
+
+
+def read_classes(preprocess_dir: Path) -> list[str]:
+    return [str(c) for c in read_json(Path(preprocess_dir) / "classes.json")]
+
+
+def read_clusters(dedup_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(Path(dedup_dir) / "clusters.csv", dtype={"id": str}, keep_default_na=False)

@@ -1,0 +1,167 @@
+"""Find the images and labels of a competition folder: one manifest table (id, path, label, split).
+
+Two layouts are recognised:
+  Kaggle:           train/  train.csv (id, label)  test/  sample_submission.csv
+  class-per-folder: train/<class>/*  and optionally test/*
+Labels are kept as strings, exactly as written, so the submission can use the competition's vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.images import IMAGE_EXTENSIONS
+
+ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file", "filename", "file_name", "name", "image_name", "path")
+LABEL_NAMES = ("label", "labels", "class", "class_id", "classid", "target", "category", "y", "species", "breed")
+
+
+class DataError(ValueError):
+    """The competition folder is not usable; the message says what is wrong and what was expected."""
+
+
+@dataclass
+class Dataset:
+    manifest: pd.DataFrame  # columns: id, path, label, split ("train" | "test")
+    classes: list[str]  # sorted label vocabulary
+    sample: pd.DataFrame  # the submission template: id column first, test ids in order
+    layout: str
+
+
+def natural_key(label: str):
+    """Sort numbers numerically and text alphabetically, so classes 2 < 10."""
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _pick_column(columns: list[str], wanted: str | None, names: tuple[str, ...], what: str, csv: Path) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise DataError(f"{csv}: no column {wanted!r} (data.{what}_column); found columns: {', '.join(columns)}")
+        return wanted
+    lower = {c.lower().strip(): c for c in columns}
+    for name in names:
+        if name in lower:
+            return lower[name]
+    raise DataError(
+        f"{csv}: cannot tell which column is the {what} (expected one of {', '.join(names[:6])}, ...); "
+        f"found columns: {', '.join(columns)}; set data.{what}_column in params.yaml"
+    )
+
+
+def _match_ids(ids: pd.Series, folder: Path, csv: Path) -> list[Path]:
+    """Map CSV ids (with or without extension, or relative paths) to files under folder."""
+    files = _image_files(folder)
+    by_name = {p.relative_to(folder).as_posix(): p for p in files}
+    by_name.update({p.name: p for p in files})
+    by_stem: dict[str, Path] = {}
+    for p in files:
+        by_stem.setdefault(p.stem, p)
+        by_stem.setdefault(p.relative_to(folder).with_suffix("").as_posix(), p)
+    paths, missing = [], []
+    for raw in ids:
+        key = str(raw).strip()
+        path = by_name.get(key) or by_stem.get(key)
+        if path is None:
+            missing.append(key)
+        paths.append(path)
+    if missing:
+        shown = ", ".join(missing[:5])
+        raise DataError(f"{csv}: {len(missing)} of {len(ids)} ids have no image file in {folder}/ (first: {shown})")
+    return paths
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if frame.empty:
+        raise DataError(f"{path}: has no rows")
+    return frame
+
+
+def _kaggle(root: Path, id_column: str | None, label_column: str | None) -> Dataset:
+    csv = root / "train.csv"
+    table = _read_csv(csv)
+    columns = list(table.columns)
+    id_col = _pick_column(columns, id_column, ID_NAMES, "id", csv)
+    label_col = _pick_column([c for c in columns if c != id_col], label_column, LABEL_NAMES, "label", csv)
+    table = table[table[label_col].str.strip() != ""]
+    if table[id_col].duplicated().any():
+        dup = table[id_col][table[id_col].duplicated()].iloc[0]
+        raise DataError(f"{csv}: id {dup!r} appears more than once in column {id_col!r}; ids must be unique")
+    train = pd.DataFrame(
+        {
+            "id": table[id_col].str.strip().values,
+            "path": [str(p) for p in _match_ids(table[id_col], root / "train", csv)],
+            "label": table[label_col].str.strip().values,
+            "split": "train",
+        }
+    )
+    sample_path = root / "sample_submission.csv"
+    if sample_path.is_file():
+        sample = _read_csv(sample_path)
+        test_ids = sample[sample.columns[0]].str.strip()
+        test_paths = _match_ids(test_ids, root / "test", sample_path) if (root / "test").is_dir() else None
+        if test_paths is None:
+            raise DataError(f"{sample_path} lists {len(test_ids)} test ids but {root}/test/ is missing")
+    else:
+        sample, test_ids, test_paths = _test_from_folder(root / "test", id_col, label_col)
+    test = pd.DataFrame({"id": test_ids.values, "path": [str(p) for p in test_paths], "label": "", "split": "test"})
+    return _finish(pd.concat([train, test], ignore_index=True), sample, "kaggle")
+
+
+def _test_from_folder(folder: Path, id_col: str = "id", label_col: str = "label"):
+    files = [p for p in _image_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS] if folder.is_dir() else []
+    ids = pd.Series([p.relative_to(folder).with_suffix("").as_posix() for p in files], dtype=str)
+    sample = pd.DataFrame({id_col: ids, label_col: ""})
+    return sample, ids, files
+
+
+def _class_folders(root: Path) -> Dataset:
+    rows = []
+    classes = sorted(p for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in classes:
+        files = [p for p in _image_files(folder)]
+        if not files:
+            raise DataError(f"{folder}: class folder is empty; every train/<class>/ needs at least one image")
+        rows += [
+            {"id": f"{folder.name}/{p.relative_to(folder).with_suffix('').as_posix()}", "path": str(p), "label": folder.name, "split": "train"}
+            for p in files
+        ]
+    sample, ids, files = _test_from_folder(root / "test")
+    rows += [{"id": i, "path": str(p), "label": "", "split": "test"} for i, p in zip(ids, files)]
+    return _finish(pd.DataFrame(rows, columns=["id", "path", "label", "split"]), sample, "class-per-folder")
+
+
+def _finish(manifest: pd.DataFrame, sample: pd.DataFrame, layout: str) -> Dataset:
+    labels = manifest.loc[manifest.split == "train", "label"]
+    if labels.empty:
+        raise DataError("no training images found")
+    classes = sorted(labels.unique(), key=natural_key)
+    if len(classes) < 2:
+        raise DataError(f"only one class ({classes[0]!r}) in the training labels; classification needs at least two")
+    return Dataset(manifest=manifest, classes=classes, sample=sample, layout=layout)
+
+
+def discover(root: Path, id_column: str | None = None, label_column: str | None = None) -> Dataset:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: competition folder not found (data.root)")
+    if not (root / "train").is_dir():
+        raise DataError(f"{root}: no train/ folder; expected train/ + train.csv (Kaggle) or train/<class>/ folders")
+    if (root / "train.csv").is_file():
+        return _kaggle(root, id_column, label_column)
+    if any(p.is_dir() for p in (root / "train").iterdir()):
+        return _class_folders(root)
+    raise DataError(f"{root}: train/ holds files but there is no train.csv; expected train.csv (id, label) or train/<class>/ folders")

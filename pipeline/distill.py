@@ -1,0 +1,81 @@
+"""Knowledge distillation: teach one (smaller, faster) student model with an ensemble's predictions.
+
+The teacher is a finished workdir: its predict/oof.csv (the ensemble's out-of-fold probabilities, one
+row per train image, never from a model that trained on that image) teaches the train images, and its
+predict/probs.csv teaches the test images, which may join training as extra rows (distill.test_weight).
+The student minimises, per image,
+
+    alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, hard label)
+
+where x_T is the distribution softened by the temperature T (softmax(logits / T); for teacher
+probabilities, p^(1/T) renormalised, which is the same thing). The T^2 keeps the KL gradients on the
+scale of the hard-label term (Hinton et al., 2015). Test rows have no hard label: their loss is the
+KL term alone. This module is the loss and the target loading; the train stage calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from pipeline.runner import StageError
+
+NO_LABEL = -1  # hard target of a row taught only by the teacher (a test image)
+
+
+def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Teacher probabilities at temperature T: softmax(log p / T)."""
+    return (probs.clamp_min(1e-8).log() / temperature).softmax(-1)
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, targets: torch.Tensor, temperature: float,
+                 alpha: float, weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Weighted mean over the batch of the per-image loss in the module docstring.
+
+    student_logits (B, K); teacher_probs (B, K); targets (B,) class indices, NO_LABEL for test rows.
+    """
+    t = temperature
+    log_student = F.log_softmax(student_logits.float() / t, dim=-1)
+    teacher = soften(teacher_probs.float(), t)
+    kl = (teacher * (teacher.clamp_min(1e-8).log() - log_student)).sum(-1) * t * t
+    labelled = targets != NO_LABEL
+    hard = F.cross_entropy(student_logits.float(), targets.clamp_min(0), reduction="none", label_smoothing=label_smoothing)
+    per_image = torch.where(labelled, alpha * kl + (1 - alpha) * hard, kl)
+    if weights is None:
+        return per_image.mean()
+    weights = weights.to(per_image.dtype)
+    return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+@dataclass
+class Teacher:
+    train: pd.DataFrame  # index: train id; columns p_<class>: the ensemble's out-of-fold probabilities
+    test: pd.DataFrame  # index: test id; columns p_<class>: the ensemble's test probabilities
+
+    def train_targets(self, ids) -> np.ndarray:
+        """(N, K) teacher probabilities for train ids; every id must have an out-of-fold prediction."""
+        missing = [i for i in ids if i not in self.train.index]
+        if missing:
+            raise StageError(f"distill.teacher has no out-of-fold prediction for {len(missing)} train images "
+                             f"(first: {', '.join(map(str, missing[:5]))}); was it trained on this data with every fold?")
+        return self.train.loc[list(ids)].to_numpy(dtype=np.float32)
+
+
+def load_teacher(workdir: Path, classes: list[str]) -> Teacher:
+    """The teacher workdir's predict/oof.csv and predict/probs.csv, checked against classes.json order."""
+    columns = [f"p_{c}" for c in classes]
+    frames = []
+    for name in ("oof.csv", "probs.csv"):
+        path = Path(workdir).expanduser() / "predict" / name
+        if not path.is_file():
+            raise StageError(f"distill.teacher: {path} not found (run `pipeline predict` in the teacher workdir)")
+        frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False).set_index("id")
+        if [c for c in frame.columns if c.startswith("p_")] != columns:
+            raise StageError(f"distill.teacher: {path} columns do not match the classes {classes[:5]}...")
+        frames.append(frame[columns])
+    return Teacher(train=frames[0], test=frames[1])

@@ -1,0 +1,223 @@
+"""Run stages in order and skip the fresh ones, with DVC's semantics.
+
+Each stage records `lock.json` in its output folder: the params sections it read, the fingerprints of
+its inputs (upstream outputs by content hash, the raw data folder by names/sizes/mtimes or content),
+the content hashes of its own outputs, the package version and the times. A stage is fresh when all of
+that still matches; `status` says which part does not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.artifacts import fingerprint, hash_data, hash_file, list_files, read_json, staged_dir, write_json, write_yaml
+from pipeline.console import console, summary
+from pipeline.params import Params, section
+
+LOCK = "lock.json"
+EXTERNAL = "run:"  # dep name prefix of a folder outside the workdir, fingerprinted but not a stage input
+RESOLVED = "params.yaml"
+
+
+class StageError(RuntimeError):
+    """A stage cannot run or failed in a way the user must act on; one line says how."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # its folder under the workdir: "train", or "round1/train" for a pseudo-label round
+    sections: tuple[str, ...]  # params sections (or top-level keys) the stage reads
+    deps: tuple[str, ...]  # folders of the upstream stages whose outputs it reads
+    keep_partial: bool = False  # resume from the partial output of a killed run (train)
+
+    @property
+    def kind(self) -> str:
+        """The stage's code, stages.<kind>: the folder's last part, so round1/train runs stages.train."""
+        return self.name.rsplit("/", 1)[-1]
+
+    def module(self):
+        return importlib.import_module(f"stages.{self.kind}")
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("preprocess", ("data", "preprocess"), ()),
+    Stage("dedup", ("dedup",), ("preprocess",)),
+    Stage("augment", ("seed", "augment"), ("preprocess",)),
+    Stage("train", ("seed", "train"), ("preprocess", "dedup", "augment"), keep_partial=True),
+    Stage("predict", ("predict",), ("preprocess", "dedup", "train")),
+)
+PSEUDO = Stage("pseudo", ("pseudo",), ("preprocess", "dedup", "predict"))
+BY_NAME = {s.name: s for s in STAGES + (PSEUDO,)}
+
+
+def round_prefix(k: int) -> str:
+    return "" if k == 0 else f"round{k}/"
+
+
+def stages_for(params: Params) -> tuple[Stage, ...]:
+    """The stages `run` and `status` walk: the base DAG, then per pseudo-label round k (params.rounds)
+    pseudo from round k-1's predict, then round<k>/train (which finds the pseudo rows as its `pseudo`
+    input) and round<k>/predict. Round 0 is the plain train/ and predict/ folders."""
+    stages = list(STAGES)
+    for k in range(1, params.rounds + 1):
+        prev, cur = round_prefix(k - 1), round_prefix(k)
+        stages += [
+            Stage(f"{prev}pseudo", ("pseudo",), ("preprocess", "dedup", f"{prev}predict")),
+            Stage(f"{cur}train", ("seed", "train"), ("preprocess", "dedup", "augment", f"{prev}pseudo"), keep_partial=True),
+            Stage(f"{cur}predict", ("predict",), ("preprocess", "dedup", f"{cur}train")),
+        ]
+    return tuple(stages)
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Where a stage reads and writes: `out` is its (temporary) output folder, `inputs` the folders of
+    its upstream stages, plus `data` (the competition folder) for preprocess."""
+
+    out: Path
+    inputs: dict[str, Path]
+
+    def __getitem__(self, name: str) -> Path:
+        return self.inputs[name]
+
+
+def data_root(params: Params) -> Path:
+    """The competition folder; the built-in example is written under the workdir on first use."""
+    if params.is_example:
+        from pipeline.example import materialise_digits
+
+        return materialise_digits(Path(params.workdir) / "example" / "digits")
+    return Path(params.data.root).expanduser()
+
+
+def _dep_fingerprint(stage: Stage, params: Params, workdir: Path, dep: str) -> str | None:
+    if dep == "data":
+        root = data_root(params)
+        return fingerprint(root, content=params.data.full_hash) if root.is_dir() else None
+    if dep.startswith(EXTERNAL):  # a train folder outside the workdir (predict.runs): names, sizes, mtimes
+        folder = Path(dep[len(EXTERNAL):]).expanduser()
+        return fingerprint(folder) if folder.is_dir() else None
+    lock = workdir / dep / LOCK
+    return read_json(lock)["outs_hash"] if lock.is_file() else None
+
+
+def _deps(stage: Stage, params: Params) -> tuple[str, ...]:
+    if stage.name == "preprocess":
+        return ("data",) + stage.deps
+    if stage.kind == "predict":  # extra train runs to ensemble are inputs too, so retraining one is seen
+        return stage.deps + tuple(EXTERNAL + run for run in params.predict.runs)
+    return stage.deps
+
+
+def _params_of(stage: Stage, params: Params) -> dict[str, Any]:
+    return {name: section(params, name) for name in stage.sections}
+
+
+def _outs(folder: Path) -> dict[str, dict]:
+    outs = {}
+    for path in list_files(folder):
+        rel = path.relative_to(folder).as_posix()
+        if rel == LOCK:
+            continue
+        st = path.stat()
+        outs[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": hash_file(path)}
+    return outs
+
+
+def _changed_keys(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [k for key in keys for k in _changed_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)]
+    return [] if old == new else [f"{prefix} ({old!r} -> {new!r})"]
+
+
+def stage_status(stage: Stage, params: Params, workdir: Path, stale_upstream: set[str] = frozenset()) -> tuple[str, str]:
+    """('fresh' | 'stale' | 'missing', why)."""
+    lock_path = workdir / stage.name / LOCK
+    if not lock_path.is_file():
+        return "missing", "never run" if not (workdir / stage.name).exists() else "no lock file"
+    lock = read_json(lock_path)
+    changed = _changed_keys(lock["params"], _params_of(stage, params), "")
+    if changed:
+        return "stale", "params changed: " + ", ".join(changed)
+    for dep in _deps(stage, params):
+        if dep in stale_upstream:
+            return "stale", f"upstream {dep} is stale"
+        if lock["deps"].get(dep) != _dep_fingerprint(stage, params, workdir, dep):
+            return "stale", f"input {dep} changed"
+    current = {p.relative_to(workdir / stage.name).as_posix() for p in list_files(workdir / stage.name)} - {LOCK}
+    if current != set(lock["outs"]):
+        return "stale", "outputs added or removed since the run"
+    for rel, rec in lock["outs"].items():
+        st = (workdir / stage.name / rel).stat()
+        if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]):
+            return "stale", f"output {rel} modified since the run"
+    return "fresh", "params, inputs and outputs unchanged"
+
+
+def statuses(params: Params, workdir: Path) -> list[tuple[str, str, str]]:
+    rows, stale = [], set()
+    for stage in stages_for(params):
+        state, why = stage_status(stage, params, workdir, stale)
+        if state != "fresh":
+            stale.add(stage.name)
+        rows.append((stage.name, state, why))
+    return rows
+
+
+def run_stage(stage: Stage, params: Params, workdir: Path) -> dict:
+    """Run one stage into a temporary folder, record its lock, then swap the folder into place."""
+    for dep in stage.deps:
+        if not (workdir / dep / LOCK).is_file():
+            command = f"pipeline {dep}" if dep in BY_NAME else "pipeline run"  # round<k>/ stages run from `run`
+            raise StageError(f"{stage.name} needs the output of {dep}, which is missing: run `{command}` first")
+    deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _deps(stage, params)}
+    # A stage reads its upstream folders by role: round1/train finds round1/... as paths["predict"] etc.
+    inputs = {dep.rsplit("/", 1)[-1]: (data_root(params) if dep == "data" else workdir / dep)
+              for dep in _deps(stage, params) if not dep.startswith(EXTERNAL)}
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    console.rule(f"[bold]{stage.name}")
+    with staged_dir(workdir / stage.name, keep_partial=stage.keep_partial) as out:
+        result = stage.module().run(params, StagePaths(out=out, inputs=inputs)) or {}
+        write_yaml(out / RESOLVED, _params_of(stage, params))
+        outs = _outs(out)
+        write_json(
+            out / LOCK,
+            {
+                "stage": stage.name,
+                "params": _params_of(stage, params),
+                "params_hash": hash_data(_params_of(stage, params)),
+                "deps": deps,
+                "outs": outs,
+                "outs_hash": hash_data({rel: rec["hash"] for rel, rec in outs.items()}),
+                "version": __version__,
+                "started": started,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(time.perf_counter() - t0, 2),
+            },
+        )
+    # The rename moved the files but kept their mtimes, so the recorded sizes and mtimes still hold.
+    summary(f"{stage.name} done in {time.perf_counter() - t0:.1f}s", result)
+    return result
+
+
+def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
+    """Run every stale stage in order; return the names of those that ran."""
+    ran = []
+    for stage in stages_for(params):
+        # Upstream stages already ran, so their new locks decide (an identical output reruns nothing).
+        state, why = stage_status(stage, params, workdir)
+        if state == "fresh" and not force:
+            console.print(f"[green]skip[/] {stage.name}: {why}")
+            continue
+        console.print(f"[yellow]run[/] {stage.name}: {why if not force else 'forced'}")
+        run_stage(stage, params, workdir)
+        ran.append(stage.name)
+    return ran

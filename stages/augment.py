@@ -1,0 +1,172 @@
+"""augment: build the training augmentation from params and save it for train.
+
+Outputs:
+- transform.json: the albumentations pipeline in albumentations' own format (A.save); train loads it
+  with A.load for the CPU data-loader path. Normalisation is not in it: train normalises on the device.
+- gpu_augment.json: the subset of the same recipe that train's device-side path applies in torch
+  (flips, affine/crop, brightness/contrast, erasing) when the cache lives on the GPU.
+- preview.png: for each class, one original and `preview` augmented samples, to eyeball the recipe.
+- expanded.npy + expanded.csv (only when expand_to > 0): augmented copies of rare-class images, rows
+  (id, label, source_id); train adds a copy only to folds whose training part holds its source.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipeline.artifacts import atomic_path, read_json, write_csv, write_json  # noqa: E402
+from pipeline.cache import read_arrays, read_classes, read_index  # noqa: E402
+from pipeline.console import track  # noqa: E402
+from pipeline.params import AugmentParams, Params, ParamsError  # noqa: E402
+
+PREVIEW_CLASSES = 16  # more rows than this make an unreadable sheet
+
+
+def check(p: AugmentParams) -> None:
+    """Range pairs must be ordered; blur kernels odd. One line naming the key, as params errors do."""
+    for key in ("crop_scale", "gamma_limit", "blur_limit", "erasing_size"):
+        lo, hi = getattr(p, key)
+        if lo > hi or lo < 0:
+            raise ParamsError(f"augment.{key} = [{lo}, {hi}]: expected [low, high] with 0 <= low <= high")
+    if p.crop_scale[1] > 1 or p.crop_scale[0] <= 0:
+        raise ParamsError(f"augment.crop_scale = {list(p.crop_scale)}: expected area fractions in (0, 1]")
+    if p.erasing_size[1] > 1:
+        raise ParamsError(f"augment.erasing_size = {list(p.erasing_size)}: expected side fractions <= 1")
+    if any(k % 2 == 0 or k < 3 for k in p.blur_limit):
+        raise ParamsError(f"augment.blur_limit = {list(p.blur_limit)}: expected odd kernel sizes >= 3")
+
+
+def build(p: AugmentParams, height: int, width: int) -> A.Compose:
+    """The training augmentation, geometry first, then photometric, then occlusion."""
+    check(p)
+    constant = dict(border_mode=cv2.BORDER_CONSTANT, fill=0)
+    return A.Compose(
+        [
+            A.RandomResizedCrop(size=(height, width), scale=tuple(p.crop_scale), p=p.crop),
+            A.HorizontalFlip(p=p.hflip),
+            A.VerticalFlip(p=p.vflip),
+            A.Affine(
+                translate_percent=(-p.shift, p.shift),
+                scale=(1 - p.scale, 1 + p.scale),
+                rotate=(-p.rotate, p.rotate),
+                shear=(-p.shear, p.shear),
+                p=p.affine,
+                **constant,
+            ),
+            A.Rotate(limit=p.rotation_limit, p=p.rotation, **constant),
+            A.RandomGamma(gamma_limit=tuple(p.gamma_limit), p=p.gamma),
+            A.GaussianBlur(blur_limit=tuple(p.blur_limit), p=p.blur),
+            A.ColorJitter(brightness=p.brightness, contrast=p.contrast, saturation=p.saturation, hue=p.hue, p=p.color_jitter),
+            A.CoarseDropout(
+                num_holes_range=(1, p.erasing_holes),
+                hole_height_range=tuple(p.erasing_size),
+                hole_width_range=tuple(p.erasing_size),
+                fill=0,
+                p=p.erasing,
+            ),
+        ]
+    )
+
+
+def gpu_recipe(p: AugmentParams) -> dict:
+    """What train's device-side path applies (stages/train/gpu_augment.py): the cheap, batched part."""
+    return {
+        "hflip": p.hflip,
+        "vflip": p.vflip,
+        "crop": p.crop,
+        "crop_scale": list(p.crop_scale),
+        "affine": p.affine,
+        "shift": p.shift,
+        "scale": p.scale,
+        "rotate": p.rotate,
+        "rotation": p.rotation,
+        "rotation_limit": p.rotation_limit,
+        "color_jitter": p.color_jitter,
+        "brightness": p.brightness,
+        "contrast": p.contrast,
+        "erasing": p.erasing,
+        "erasing_size": list(p.erasing_size),
+    }
+
+
+def apply(transform: A.Compose, image: np.ndarray) -> np.ndarray:
+    """Albumentations drops the channel axis of some gray outputs; keep HxWxC."""
+    out = transform(image=image)["image"]
+    return out[..., None] if out.ndim == 2 else out
+
+
+def expand(p: AugmentParams, transform: A.Compose, array, train: pd.DataFrame, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """Augmented copies of images of classes under expand_to, cycling through each class's images."""
+    transform.set_random_seed(seed)
+    counts = train.label.value_counts()
+    jobs = []  # (label, source row of the table, copy number)
+    for label, n in counts.items():
+        sources = train[train.label == label]
+        jobs += [(label, sources.iloc[k % len(sources)], k // len(sources)) for k in range(max(0, p.expand_to - int(n)))]
+    images, rows = [], []
+    for label, src, copy in track(jobs, len(jobs), "expand rare classes"):
+        images.append(apply(transform, np.array(array[src.row])))
+        rows.append({"id": f"{src.id}#aug{copy}", "label": label, "source_id": src.id})
+    stacked = np.stack(images) if images else np.zeros((0,) + array.shape[1:], np.uint8)
+    return stacked, pd.DataFrame(rows, columns=["id", "label", "source_id"])
+
+
+def preview(transform: A.Compose, array, train: pd.DataFrame, classes: list[str], per_class: int, path, seed: int) -> None:
+    """One row per class: the original, then augmented versions of it."""
+    transform.set_random_seed(seed)
+    shown = [c for c in classes if (train.label == c).any()][:PREVIEW_CLASSES]
+    fig, axes = plt.subplots(len(shown), per_class + 1, figsize=(1.3 * (per_class + 1), 1.3 * len(shown)), squeeze=False)
+    gray = array.shape[3] == 1
+    for r, label in enumerate(shown):
+        image = np.array(array[train[train.label == label].row.iloc[0]])
+        views = [image] + [apply(transform, image.copy()) for _ in range(per_class)]
+        for c, view in enumerate(views):
+            ax = axes[r, c]
+            ax.imshow(view[..., 0] if gray else view, cmap="gray" if gray else None, vmin=0, vmax=255)
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(str(label)[:12], fontsize=8)
+    axes[0, 0].set_title("original", fontsize=8)
+    fig.suptitle("augment preview", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def run(params: Params, paths) -> dict:
+    p = params.augment
+    pre = paths["preprocess"]
+    report = read_json(pre / "report.json")
+    height, width = report["size"]
+    transform = build(p, height, width)
+    with atomic_path(paths.out / "transform.json") as tmp:
+        A.save(transform, str(tmp), data_format="json")
+    # Fail here, not in train, if the saved pipeline does not load or run.
+    loaded = A.load(str(paths.out / "transform.json"), data_format="json")
+    apply(loaded, np.zeros((height, width, report["channels"]), np.uint8))
+    write_json(paths.out / "gpu_augment.json", gpu_recipe(p))
+
+    index, classes = read_index(pre), read_classes(pre)
+    train = index[index.split == "train"].reset_index(drop=True)
+    array = read_arrays(pre)["train"]
+    result = {"transforms": len(transform.transforms), "size": f"{height}x{width}"}
+    if len(train):
+        preview(transform, array, train, classes, p.preview, paths.out / "preview.png", params.seed)
+        result["preview"] = "augment/preview.png"
+    if p.expand_to > 0:
+        images, table = expand(p, transform, array, train, params.seed)
+        with atomic_path(paths.out / "expanded.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, images)
+        write_csv(paths.out / "expanded.csv", table)
+        result["expanded copies"] = len(table)
+        result["expanded classes"] = int(table.label.nunique()) if len(table) else 0
+    return result

@@ -1,0 +1,132 @@
+"""dedup: find exact and near-duplicate images, cluster them, weight each cluster as one sample.
+
+1. Exact duplicates: identical cached pixels (content hash).
+2. Near duplicates (re-encoded, shifted 1-2 px, brighter/darker, resized): every image gets a centred,
+   z-scored 32x32 gray thumbnail and a 64-bit DCT hash (signatures.py); pairs of hashes within
+   `dedup.radius` are found by sorted neighbourhoods under bit rotations (search.py, sub-quadratic);
+   each candidate is verified by the thumbnails' correlation maximised over shifts up to
+   `dedup.max_shift` (verify.py), kept when >= `dedup.threshold`. The hash alone is not trusted: on
+   small gray images (digits) it puts thousands of distinct items within any useful radius.
+   Near-uniform thumbnails (std < `dedup.min_std`) are left out of step 2: they all look alike.
+3. Union-find turns the pairs into clusters (connected components); each cluster's weakest accepted
+   link is reported so chaining is visible.
+
+Outputs: clusters.csv (id, split, cluster, is_representative, weight), report.json (counts, largest
+clusters, label conflicts, train/test leaks), contact_sheet.png (largest clusters and conflicts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import write_csv, write_json
+from pipeline.cache import read_arrays, read_index
+from pipeline.console import console, track
+from pipeline.params import DedupParams, Params
+from stages.dedup.report import assign_weights, report_clusters
+from stages.dedup.search import hash_pairs
+from stages.dedup.sheet import contact_sheet
+from stages.dedup.signatures import signatures
+from stages.dedup.verify import shift_correlation
+from stages.union_find import UnionFind
+
+
+class CacheRows:
+    """The cached images in index order, read lazily from the memory maps (no list of a million views)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], index: pd.DataFrame):
+        self.arrays, self.split, self.row = arrays, index.split.to_numpy(), index.row.to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.arrays[self.split[i]][self.row[i]])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def exact_pairs(images, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (first image with this content, image) for every repeated pixel content."""
+    first_seen: dict[bytes, int] = {}
+    a, b = [], []
+    for i, image in enumerate(track(images, total, "exact hash")):
+        digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+        j = first_seen.setdefault(digest, i)
+        if j != i:
+            a.append(j)
+            b.append(i)
+    return np.array(a, np.int64), np.array(b, np.int64)
+
+
+def near_pairs(thumbs: np.ndarray, stds: np.ndarray, hashes: np.ndarray, d: DedupParams, skip: np.ndarray):
+    """Verified near-duplicate pairs (i, j, score) among the non-flat images, plus the candidate count.
+    `skip` marks exact copies: their first occurrence stands for them, so ten thousand copies of one
+    picture cost one search entry, not ten thousand."""
+    keep = np.flatnonzero((stds >= d.min_std) & ~skip)
+    ci, cj, _ = hash_pairs(hashes[keep], d.radius, d.window)
+    ci, cj = keep[ci], keep[cj]
+    scores = shift_correlation(thumbs, ci, cj, d.max_shift)
+    ok = scores >= d.threshold
+    return ci[ok], cj[ok], scores[ok], len(ci)
+
+
+def find_duplicates(images, d: DedupParams) -> dict:
+    """Images (a sequence of uint8 HxWxC arrays, all the same size) -> cluster number per image, weakest
+    link per cluster, and the counts behind them. Used by the stage and by the benchmarks."""
+    n = len(images)
+    ea, eb = exact_pairs(iter(images), n)
+    thumbs, stds, hashes = signatures(iter(images), n, track)
+    na, nb, scores, candidates = near_pairs(thumbs, stds, hashes, d, skip=np.isin(np.arange(n), eb))
+    a, b, link = np.r_[ea, na], np.r_[eb, nb], np.r_[np.ones(len(ea), np.float32), scores]
+    cluster, weakest = cluster_links(n, a, b, link)
+    return {
+        "cluster": cluster,
+        "weakest": weakest,
+        "exact_pairs": int(len(ea)),
+        "candidate_pairs": int(candidates),
+        "near_pairs": int(len(na)),
+        "flat_images": int((stds < d.min_std).sum()),
+    }
+
+
+def cluster_links(n: int, a: np.ndarray, b: np.ndarray, link: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+    """Union-find over the pairs, strongest first (as Kruskal builds a maximum spanning tree).
+    Returns the cluster number of every image and, per cluster with links, its weakest spanning link:
+    the borderline pair the cluster hangs on, low when it is a chain a~b~c of looser matches."""
+    order = np.argsort(-link, kind="stable")
+    uf = UnionFind(n)
+    used = np.array([uf.union(int(a[k]), int(b[k])) for k in order], dtype=bool)
+    cluster = uf.labels()
+    spanning = order[used]
+    weakest = pd.Series(link[spanning], dtype=np.float64).groupby(cluster[a[spanning]]).min()
+    return cluster, {int(c): float(v) for c, v in weakest.items()}
+
+
+def run(params: Params, paths) -> dict:
+    d = params.dedup
+    index, arrays = read_index(paths["preprocess"]), read_arrays(paths["preprocess"])
+    images = CacheRows(arrays, index)
+    found = find_duplicates(images, d)
+
+    clusters = index[["id", "split", "label"]].copy()
+    clusters["cluster"] = found["cluster"]
+    clusters = assign_weights(clusters, d.policy)
+    report = {
+        "exact_pairs": found["exact_pairs"],
+        "candidate_pairs": found["candidate_pairs"],
+        "near_pairs": found["near_pairs"],
+        "flat_images": found["flat_images"],
+        **report_clusters(clusters, found["weakest"], d.sheet_clusters),
+    }
+    write_csv(paths.out / "clusters.csv", clusters[["id", "split", "cluster", "is_representative", "weight"]])
+    write_json(paths.out / "report.json", report)
+    contact_sheet(paths.out / "contact_sheet.png", clusters, images, report, d.sheet_clusters)
+    if report["label_conflicts"] or report["train_test_leaks"]:
+        console.print(f"[yellow]dedup:[/] {len(report['label_conflicts'])} label conflicts, "
+                      f"{len(report['train_test_leaks'])} test images leak from train (see report.json)")
+    return {k: v for k, v in report.items() if not isinstance(v, (list, dict))}

@@ -1,0 +1,58 @@
+"""Duplicate-aware correction: use what dedup found about the test images.
+
+- consistent clusters: test images in one duplicate cluster are the same picture, so they get one
+  prediction, the mean of their members' probabilities.
+- leak labels: a test image in a cluster with labelled train images is a known answer; it takes the
+  label distribution of those train images (one-hot when they agree).
+Every change is listed (id, rule, class before, class after) so it can be checked by eye.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def correct(probs: np.ndarray, ids: list[str], clusters: pd.DataFrame, train_labels: pd.Series, classes: list[str],
+            leak_label: bool, consistent: bool) -> tuple[np.ndarray, pd.DataFrame]:
+    """Return corrected probabilities (rows of `ids`) and one row per image whose probabilities changed.
+
+    clusters: clusters.csv (id, split, cluster, ...); train_labels: label by train id.
+    """
+    probs = probs.copy()
+    before = probs.argmax(1)
+    rule = np.array([""] * len(ids), dtype=object)
+    cluster_of = clusters.set_index("id")["cluster"]
+    test_cluster = cluster_of.reindex(ids).to_numpy()  # NaN for ids dedup never saw (unreadable images)
+    known = ~pd.isna(test_cluster)
+
+    if consistent:
+        frame = pd.DataFrame({"k": np.arange(len(ids))[known], "cluster": test_cluster[known]})
+        for _, members in frame.groupby("cluster")["k"]:
+            if len(members) > 1:
+                rows = members.to_numpy()
+                probs[rows] = probs[rows].mean(0)
+                rule[rows] = "cluster"
+
+    if leak_label:
+        train = clusters[clusters.split == "train"].copy()
+        train["label"] = train.id.map(train_labels)
+        train = train[train.label.isin(classes)]
+        class_index = {c: i for i, c in enumerate(classes)}
+        distribution = {}
+        for cluster, labels in train.groupby("cluster")["label"]:
+            counts = np.bincount(labels.map(class_index), minlength=len(classes)).astype(float)
+            distribution[cluster] = counts / counts.sum()
+        for k in np.where(known)[0]:
+            if test_cluster[k] in distribution:
+                probs[k] = distribution[test_cluster[k]]
+                rule[k] = "leak"
+
+    touched = np.where(rule != "")[0]
+    changes = pd.DataFrame({
+        "id": [ids[k] for k in touched],
+        "rule": rule[touched],
+        "before": [classes[before[k]] for k in touched],
+        "after": [classes[probs[k].argmax()] for k in touched],
+    })
+    return probs, changes

@@ -1,0 +1,121 @@
+"""The ensemble: which fold checkpoints exist, running one over cache rows with TTA views, and weights.
+
+Members are the `fold<k>/best.pt` checkpoints of one or more train runs (this workdir's train/ plus
+predict.runs). A run trained with `--fold` jobs may lack folds; they are reported by name and the
+ensemble uses whatever finished. Folds of one run share its weight equally.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from scipy.optimize import minimize
+
+from pipeline.runner import StageError
+from stages.predict.tta import View, apply_views
+from stages.train import to_input
+
+
+@dataclass
+class Member:
+    run: str  # the run's folder, as given
+    fold: int
+    path: Path
+
+
+def find_members(run_dirs: list[Path]) -> tuple[list[Member], list[str]]:
+    """Every fold<k>/best.pt of every run, plus the names of the folds each run should have but lacks."""
+    members, missing = [], []
+    for run_dir in run_dirs:
+        found = sorted((p for p in run_dir.glob("fold*/best.pt") if re.fullmatch(r"fold\d+", p.parent.name)),
+                       key=lambda p: int(p.parent.name[4:]))
+        if not found:
+            raise StageError(f"no fold checkpoints (fold<k>/best.pt) in {run_dir}: run `pipeline train` there first")
+        folds = [int(p.parent.name[4:]) for p in found]
+        members += [Member(str(run_dir), f, p) for f, p in zip(folds, found)]
+        expected = read_meta(found[0]).get("params", {}).get("folds")
+        if expected:
+            missing += [f"{run_dir}/fold{k}" for k in range(expected) if k not in folds]
+    return members, missing
+
+
+def read_meta(path: Path) -> dict:
+    """A checkpoint's metadata, without its weights."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: v for k, v in ckpt.items() if not k.endswith("state_dict")}
+
+
+def load_model(path: Path, device: torch.device, channels_last: bool = False) -> tuple[torch.nn.Module, dict]:
+    """A fold's model in eval mode; the EMA weights when the run kept them (they predict better)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = timm.create_model(ckpt["model"], pretrained=False, num_classes=len(ckpt["classes"]), in_chans=ckpt["in_chans"])
+    state = ckpt.get("ema_state_dict") or ckpt["state_dict"]
+    # timm's ModelEma wrappers prefix the weights with "module."; the bare model does not.
+    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, ckpt
+
+
+@torch.no_grad()
+def predict_views(model, array: np.ndarray, rows: np.ndarray, norm: dict, views: list[View], batch_size: int,
+                  device: torch.device, amp: bool = False) -> np.ndarray:
+    """Logits of every view for the given cache rows: (V, N, K) float32.
+
+    All views of a chunk of images go through the model as one batch of at most `batch_size`.
+    """
+    per_chunk = max(1, batch_size // len(views))
+    cuda = device.type == "cuda"
+    out = []
+    for start in range(0, len(rows), per_chunk):
+        images = torch.from_numpy(np.ascontiguousarray(array[rows[start : start + per_chunk]])).permute(0, 3, 1, 2)
+        if cuda:
+            images = images.pin_memory()
+        x = apply_views(to_input(images, norm, device), views)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and cuda):
+            logits = model(x).float()
+        out.append(logits.view(len(views), -1, logits.shape[-1]).cpu().numpy())
+    if not out:
+        return np.zeros((len(views), 0, 0), dtype=np.float32)
+    return np.concatenate(out, axis=1)
+
+
+def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean())
+
+
+def fit_weights(run_probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Non-negative run weights summing to 1 that minimise the log loss of the weighted mean of the runs'
+    out-of-fold probabilities (softmax parametrisation, so the constraint holds by construction)."""
+    if len(run_probs) == 1:
+        return np.ones(1)
+    stacked = np.stack(run_probs)
+
+    def loss(z):
+        w = np.exp(z - z.max())
+        w /= w.sum()
+        return log_loss(np.tensordot(w, stacked, axes=1), y)
+
+    z = minimize(loss, np.zeros(len(run_probs)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6}).x
+    w = np.exp(z - z.max())
+    return w / w.sum()
+
+
+def read_oof(run_dir: Path, classes: list[str]) -> pd.DataFrame:
+    path = run_dir / "oof.csv"
+    if not path.is_file():
+        raise StageError(f"{path} not found: predict needs the run's out-of-fold predictions (is the train run complete?)")
+    oof = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+    wanted = [f"p_{c}" for c in classes]
+    if [c for c in oof.columns if c.startswith("p_")] != wanted:
+        raise StageError(f"{path}: probability columns do not match this cache's classes {classes[:5]}...")
+    return oof

@@ -1,0 +1,113 @@
+"""The submission file: filled in the sample's exact format, then checked against the sample on disk.
+
+Formats, read from sample_submission.csv (id column first):
+  label:        one column after the id; each row gets a class label from the competition vocabulary.
+  probability:  one column per class (names = class labels, in any order); each row gets probabilities.
+  binary:       one column, two classes, and the sample holds numbers that are not labels (e.g. 0.5):
+                the probability of the second class (the positive one in sorted order).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import write_csv
+from pipeline.runner import StageError
+
+PROB_FORMAT = "{:.6f}"
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
+
+
+def sample_format(sample: pd.DataFrame, classes: list[str]) -> str:
+    """'label', 'probability' or 'binary' (see the module docstring); anything else is an error."""
+    rest = list(sample.columns[1:])
+    if len(rest) > 1:
+        if sorted(rest) == sorted(classes):
+            return "probability"
+        raise StageError(
+            f"sample_submission.csv has columns {rest[:6]}: expected one label column or one column per class "
+            f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
+        )
+    if not rest:
+        raise StageError("sample_submission.csv has only an id column: expected a label or probability column")
+    values = sample[rest[0]].astype(str)
+    if len(classes) == 2 and len(values) and values.map(_is_number).all() and not values.isin(classes).all():
+        return "binary"
+    return "label"
+
+
+def build_submission(sample: pd.DataFrame, ids: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """The sample with its prediction columns filled from probs (rows of `ids`), as strings."""
+    id_col = sample.columns[0]
+    order = {i: k for k, i in enumerate(ids)}
+    missing = [i for i in sample[id_col] if i not in order]
+    if missing:
+        raise StageError(f"submission: {len(missing)} sample ids have no prediction (first: {', '.join(missing[:5])})")
+    p = probs[[order[i] for i in sample[id_col]]]
+    submission = pd.DataFrame({id_col: sample[id_col].values})
+    fmt = sample_format(sample, classes)
+    if fmt == "probability":
+        for column in sample.columns[1:]:
+            submission[column] = [PROB_FORMAT.format(v) for v in p[:, classes.index(column)]]
+    elif fmt == "binary":
+        submission[sample.columns[1]] = [PROB_FORMAT.format(v) for v in p[:, 1]]
+    else:
+        submission[sample.columns[1]] = [classes[k] for k in p.argmax(1)]
+    return submission
+
+
+def _ids_line(what: str, ids: list[str]) -> str:
+    return f"{len(ids)} {what} (first: {', '.join(map(str, ids[:5]))})"
+
+
+def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame, classes: list[str]) -> None:
+    """Raise StageError naming the first problem: columns, missing/extra/duplicate/reordered ids,
+    labels outside the vocabulary, probabilities that are not numbers in [0, 1] summing to 1."""
+    if list(submission.columns) != list(sample.columns):
+        raise StageError(f"submission columns {list(submission.columns)} differ from the sample's {list(sample.columns)}")
+    id_col = sample.columns[0]
+    got, want = submission[id_col].astype(str).tolist(), sample[id_col].astype(str).tolist()
+    duplicated = submission[id_col][submission[id_col].duplicated()].astype(str).tolist()
+    if duplicated:
+        raise StageError("submission has " + _ids_line("duplicated ids", duplicated))
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing:
+        raise StageError("submission lacks " + _ids_line("sample ids", missing))
+    if extra:
+        raise StageError("submission has " + _ids_line("ids not in the sample", extra))
+    if got != want:
+        first = next(k for k, (a, b) in enumerate(zip(got, want)) if a != b)
+        raise StageError(f"submission ids are not in the sample's order (row {first}: {got[first]!r}, sample has {want[first]!r})")
+    fmt = sample_format(sample, classes)
+    columns = list(sample.columns[1:])
+    if fmt == "label":
+        labels = submission[columns[0]].astype(str)
+        bad = sorted(set(labels[~labels.isin(classes)]))
+        if bad:
+            raise StageError(f"submission labels {bad[:5]} are not in the class vocabulary {classes[:10]}")
+        return
+    values = submission[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    if np.isnan(values).any():
+        raise StageError(f"submission has {int(np.isnan(values).sum())} empty or non-numeric probabilities")
+    if (values < 0).any() or (values > 1).any():
+        raise StageError("submission has probabilities outside [0, 1]")
+    if fmt == "probability" and not np.allclose(values.sum(1), 1.0, atol=1e-3):
+        worst = int(np.abs(values.sum(1) - 1).argmax())
+        raise StageError(f"submission row {worst} ({got[worst]}): probabilities sum to {values[worst].sum():.4f}, not 1")
+
+
+def write_submission(path: Path, submission: pd.DataFrame, sample: pd.DataFrame, classes: list[str]) -> None:
+    """Validate in memory, write atomically, then read the file back and validate what is on disk."""
+    validate_submission(submission, sample, classes)
+    write_csv(path, submission)
+    validate_submission(pd.read_csv(path, dtype=str, keep_default_na=False), sample, classes)

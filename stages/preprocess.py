@@ -1,0 +1,227 @@
+"""preprocess: decode every image once into a training-ready uint8 cache.
+
+Outputs (in the stage folder):
+  train.npy, test.npy       uint8 arrays (N, H, W, C), memory-mapped by train and predict
+  index.csv                 id, split, label, row (into the split's array), path
+  classes.json              the label vocabulary, in class-index order
+  sample_submission.csv     the submission template (the competition's, or id,label)
+  report.json               counts, size, channel mode, and every skipped file with its reason
+
+Per image: decode -> channel mode -> median filter (salt-and-pepper noise) -> optional crop to the
+object (Canny edges -> contours -> box) -> resize (pad or stretch). Images are processed in worker
+processes and written straight into memory-mapped arrays, so the cache can be larger than RAM.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import write_csv, write_json
+from pipeline.console import track
+from pipeline.data import discover
+from pipeline.images import ImageError, is_gray, read_image
+from pipeline.params import Params, PreprocessParams
+
+from pipeline.params import CropParams
+
+PROBE_IMAGES = 128  # train images inspected to choose gray or rgb and the auto size
+SIZE_STEP = 32  # auto sizes are multiples of this (every timm network downsamples by 32)
+
+
+def target_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def auto_size(sides: list[int], size_range: tuple[int, int]) -> int:
+    """The train images' median side, rounded up to a multiple of 32 and clipped to size_range: small
+    datasets (28-64 px) are not blown up to 224, large photos are brought down to it."""
+    lo, hi = size_range
+    if not sides:
+        return hi
+    median = float(np.median(sides))
+    return int(np.clip(int(np.ceil(median / SIZE_STEP)) * SIZE_STEP, lo, hi))
+
+
+def object_box(image: np.ndarray, c: CropParams) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the dominant object(s) with margin, or None when no trustworthy box.
+
+    Canny on the gray image, dilated so broken outlines join, then external contours; contours whose box
+    is under min_area of the image are specks. The box is the union of the rest. No edges (uniform or
+    empty images), only specks, or a box under min_fraction of a side -> None (keep the whole image)."""
+    h, w = image.shape[:2]
+    if h < 4 or w < 4:
+        return None
+    gray = image[:, :, 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    edges = cv2.Canny(np.ascontiguousarray(gray), c.canny_low, c.canny_high)
+    edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
+    contours, _ = cv2.findContours(edges, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    boxes = [cv2.boundingRect(cnt) for cnt in contours]
+    boxes = [(x, y, bw, bh) for x, y, bw, bh in boxes if bw * bh >= c.min_area * h * w]
+    if not boxes:
+        return None
+    x0 = min(x for x, _, _, _ in boxes)
+    y0 = min(y for _, y, _, _ in boxes)
+    x1 = max(x + bw for x, _, bw, _ in boxes)
+    y1 = max(y + bh for _, y, _, bh in boxes)
+    if (y1 - y0) < c.min_fraction * h or (x1 - x0) < c.min_fraction * w:
+        return None
+    my, mx = round(c.margin * (y1 - y0)), round(c.margin * (x1 - x0))
+    return max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
+
+
+def crop_to_object(image: np.ndarray, c: CropParams) -> np.ndarray:
+    box = object_box(image, c)
+    if box is None:
+        return image
+    top, bottom, left, right = box
+    return image[top:bottom, left:right]
+
+
+def resize(image: np.ndarray, hw: tuple[int, int], mode: str) -> np.ndarray:
+    h, w = image.shape[:2]
+    th, tw = hw
+    if mode == "stretch":
+        out = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA if h * w > th * tw else cv2.INTER_LINEAR)
+    else:
+        scale = min(th / h, tw / w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        out = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        top, left = (th - nh) // 2, (tw - nw) // 2
+        out = cv2.copyMakeBorder(out, top, th - nh - top, left, tw - nw - left, cv2.BORDER_CONSTANT, value=0)
+    return out.reshape(th, tw, -1)
+
+
+def process(image: np.ndarray, p: PreprocessParams, channels: int, hw: tuple[int, int]) -> np.ndarray:
+    """One decoded image -> its cache entry: channel mode, median denoise, crop, resize."""
+    if channels == 1 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    elif channels == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    if p.median_ksize > 1:
+        k = p.median_ksize | 1  # OpenCV needs an odd kernel
+        if min(image.shape[:2]) >= 2:  # OpenCV's median needs at least 2 pixels per side
+            image = cv2.medianBlur(np.ascontiguousarray(image), k).reshape(image.shape)
+    if p.crop.enabled:
+        image = crop_to_object(image, p.crop)
+    return resize(image, hw, p.resize)
+
+
+def pixel_count(path: Path) -> int | None:
+    """Width x height from the file header (Pillow reads it lazily), None when Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[0] * im.size[1]
+    except Image.DecompressionBombError:
+        return 1 << 62
+    except Exception:  # not an image Pillow knows: the decoder will say what is wrong
+        return None
+
+
+def read_checked(path: Path, max_pixels: int) -> np.ndarray:
+    pixels = pixel_count(path)
+    if pixels is not None and pixels > max_pixels:
+        raise ImageError(f"too large ({pixels} pixels > preprocess.max_pixels={max_pixels})")
+    return read_image(path)
+
+
+def _load_one(args: tuple[str, PreprocessParams, int, tuple[int, int]]) -> tuple[np.ndarray | None, str]:
+    path, p, channels, hw = args
+    try:
+        return process(read_checked(Path(path), p.max_pixels), p, channels, hw), ""
+    except ImageError as exc:
+        return None, str(exc)
+    except cv2.error as exc:  # e.g. an image larger than OpenCV's pixel limit
+        return None, f"OpenCV failed: {str(exc).strip().splitlines()[-1]}"
+    except MemoryError:
+        return None, "out of memory while decoding (lower preprocess.max_pixels or preprocess.workers)"
+    except Exception as exc:  # one odd file must not end a long run; it is reported instead
+        return None, f"unexpected {type(exc).__name__}: {exc}"
+
+
+def probe(paths: list[str], max_pixels: int) -> tuple[bool, list[int]]:
+    """Decode up to PROBE_IMAGES train images spread over the list: (all gray?, their longer sides)."""
+    step = max(1, len(paths) // PROBE_IMAGES)
+    gray, sides = True, []
+    for path in paths[::step][:PROBE_IMAGES]:
+        try:
+            image = read_checked(Path(path), max_pixels)
+        except Exception:  # noqa: BLE001 - any bad file is reported when its split is cached
+            continue
+        gray = gray and is_gray(image)
+        sides.append(max(image.shape[:2]))
+    return gray, sides
+
+
+def choose_channels(mode: str, all_gray: bool) -> int:
+    if mode != "auto":
+        return 1 if mode == "gray" else 3
+    return 1 if all_gray else 3
+
+
+def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams, channels: int, hw, workers: int):
+    """Write one split's array; return its index rows (with row numbers) and its failures.
+
+    A failed image leaves its row zero and is absent from the index, so no reader ever sees it."""
+    h, w = hw
+    array = np.lib.format.open_memmap(out / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(rows), h, w, channels))
+    index, failures = [], []
+    jobs = [(path, p, channels, hw) for path in rows.path]
+    # No worker initialiser that touches OpenCV's thread pool: in a child forked from a process that
+    # already used it (a second stage in the same process), cv2.setNumThreads hangs.
+    with ProcessPoolExecutor(workers) as pool:
+        results = pool.map(_load_one, jobs, chunksize=32) if workers > 1 else map(_load_one, jobs)
+        for i, (row, (image, error)) in enumerate(track(zip(rows.itertuples(index=False), results), len(rows), f"preprocess {split}")):
+            if image is None:
+                failures.append({"id": row.id, "split": split, "path": row.path, "reason": error})
+                continue
+            array[i] = image
+            index.append({"id": row.id, "split": split, "label": row.label, "row": i, "path": row.path})
+    array.flush()
+    return index, failures
+
+
+def run(params: Params, paths) -> dict:
+    p = params.preprocess
+    data = discover(paths["data"], params.data.id_column, params.data.label_column)
+    manifest = data.manifest
+    workers = p.workers or os.cpu_count() or 1
+    all_gray, sides = probe(list(manifest.path[manifest.split == "train"]), p.max_pixels)
+    channels = choose_channels(p.channels, all_gray)
+    hw = target_hw(auto_size(sides, p.size_range) if p.size == "auto" else p.size)
+    size_from = f"auto (median train side {int(np.median(sides)) if sides else '?'} px)" if p.size == "auto" else "params"
+
+    index, failures = [], []
+    for split in ("train", "test"):
+        rows = manifest[manifest.split == split].reset_index(drop=True)
+        kept, failed = _cache_split(rows, paths.out, split, p, channels, hw, workers)
+        index += kept
+        failures += failed
+
+    index = pd.DataFrame(index, columns=["id", "split", "label", "row", "path"])
+    classes = [c for c in data.classes if c in set(index.label[index.split == "train"])]
+    write_csv(paths.out / "index.csv", index)
+    write_json(paths.out / "classes.json", classes)
+    write_csv(paths.out / "sample_submission.csv", data.sample)
+    counts = index.groupby("split").size().to_dict()
+    report = {
+        "layout": data.layout,
+        "size": list(hw),
+        "size_from": size_from,
+        "crop": p.crop.enabled,
+        "channels": channels,
+        "classes": len(classes),
+        "train_images": int(counts.get("train", 0)),
+        "test_images": int(counts.get("test", 0)),
+        "skipped": len(failures),
+        "failures": failures,
+    }
+    write_json(paths.out / "report.json", report)
+    return {k: v for k, v in report.items() if k != "failures"}

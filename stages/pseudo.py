@@ -1,0 +1,169 @@
+"""pseudo: confident test predictions become extra training rows for the next round.
+
+Selection (params.pseudo): a prediction is kept when it passes every criterion that is on:
+  threshold     its top probability is at least this;
+  top_fraction  it is in the most confident fraction of the test images predicted as its class, so
+                every class keeps a share in proportion to how often it is predicted, and easy
+                frequent classes do not crowd out the rare ones.
+Left out always: test images preprocess could not read (they were filled with the train prior) and
+test images dedup put in a cluster with train images (their label is known already, and as copies of
+train images they would leak across folds).
+
+Output: pseudo.csv (id, row, cluster, label, confidence, weight, p_<class>...) where row is the row of
+preprocess/test.npy and p_<class> are the training targets (the ensemble's probabilities when
+pseudo.soft, else one-hot), plus summary.json and pseudo.png (kept rows per class, confidence). `load_pseudo_rows` and `fold_pseudo_rows` are what the
+train stage calls to add them to the training part of each fold, never to its validation part.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import atomic_path, write_csv, write_json
+from pipeline.cache import read_classes, read_clusters, read_index
+from pipeline.params import Params, PseudoParams
+from pipeline.runner import StageError
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def select(probs: np.ndarray, p: PseudoParams) -> np.ndarray:
+    """Boolean mask of the rows to keep (see the module docstring)."""
+    confidence, predicted = probs.max(1), probs.argmax(1)
+    keep = np.ones(len(probs), dtype=bool)
+    if p.threshold is not None:
+        keep &= confidence >= p.threshold
+    if p.top_fraction is not None:
+        top = np.zeros(len(probs), dtype=bool)
+        for c in np.unique(predicted):
+            members = np.where(predicted == c)[0]
+            n = math.ceil(p.top_fraction * len(members))
+            top[members[np.argsort(-confidence[members], kind="stable")[:n]]] = True
+        keep &= top
+    return keep
+
+
+def run(params: Params, paths) -> dict:
+    p = params.pseudo
+    pre = paths["preprocess"]
+    classes = read_classes(pre)
+    probs_path = paths["predict"] / "probs.csv"
+    if not probs_path.is_file():
+        raise StageError(f"{probs_path} not found: run `pipeline predict` first")
+    predictions = pd.read_csv(probs_path, dtype={"id": str}, keep_default_na=False)
+    columns = [f"p_{c}" for c in classes]
+    if [c for c in predictions.columns if c.startswith("p_")] != columns:
+        raise StageError(f"{probs_path}: probability columns do not match the cache's classes {classes[:5]}...")
+
+    test = read_index(pre).query("split == 'test'").set_index("id")
+    clusters = read_clusters(paths["dedup"])
+    train_clusters = set(clusters.cluster[clusters.split == "train"])
+    cluster_of = clusters.set_index("id")["cluster"]
+    readable = predictions.id.isin(test.index).to_numpy()
+    leaked = predictions.id.map(cluster_of).isin(train_clusters).to_numpy()
+    probs = predictions[columns].to_numpy()
+    keep = select(probs, p) & readable & ~leaked
+
+    chosen = predictions[keep]
+    kept = probs[keep]
+    targets = kept if p.soft else np.eye(len(classes))[kept.argmax(1)]
+    table = pd.DataFrame({
+        "id": chosen.id.values,
+        "row": test.loc[chosen.id, "row"].to_numpy(),
+        "cluster": chosen.id.map(cluster_of).to_numpy(),
+        "label": np.array(classes)[kept.argmax(1)],
+        "confidence": kept.max(1),
+        "weight": p.weight,
+    })
+    for k, column in enumerate(columns):
+        table[column] = targets[:, k]
+    write_csv(paths.out / "pseudo.csv", table)
+    per_class = table.label.value_counts().reindex(classes, fill_value=0)
+    summary = {
+        "test predictions": len(predictions),
+        "pseudo rows": len(table),
+        "share kept": round(len(table) / max(1, len(predictions)), 4),
+        "left out (unreadable)": int((~readable).sum()),
+        "left out (duplicates of train)": int((readable & leaked).sum()),
+        "targets": "soft" if p.soft else "hard",
+        "mean confidence kept": float(table.confidence.mean()) if len(table) else 0.0,
+        "classes with no pseudo rows": [c for c in classes if per_class[c] == 0][:20],
+    }
+    write_json(paths.out / "summary.json", {**summary, "per class": per_class.to_dict()})
+    plot_selection(paths.out / "pseudo.png", probs, keep, classes, p)
+    return summary
+
+
+def plot_selection(path: Path, probs: np.ndarray, keep: np.ndarray, classes: list[str], p: PseudoParams) -> None:
+    """pseudo.png: per predicted class, test images against those kept; confidence with the threshold."""
+    predicted = pd.Series(np.array(classes)[probs.argmax(1)])
+    counts = pd.DataFrame({"predicted": predicted.value_counts(), "kept": predicted[keep].value_counts()})
+    counts = counts.reindex(classes, fill_value=0).fillna(0).sort_values("predicted", ascending=False).head(30)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    x = np.arange(len(counts))
+    axes[0].bar(x - 0.2, counts.predicted, 0.4, label="test predicted")
+    axes[0].bar(x + 0.2, counts.kept, 0.4, label="pseudo rows")
+    axes[0].set_xticks(x, counts.index, rotation=90 if len(counts) > 10 else 0)
+    axes[0].set_title("per predicted class")
+    axes[0].legend()
+    confidence = probs.max(1)
+    axes[1].hist([confidence[~keep], confidence[keep]], bins=20, range=(0, 1), stacked=True, label=["left out", "kept"])
+    if p.threshold is not None:
+        axes[1].axvline(p.threshold, color="k", linestyle="--", label=f"threshold {p.threshold}")
+    axes[1].set_title("confidence of test predictions")
+    axes[1].legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# --- for the train stage ---------------------------------------------------------------------------
+
+@dataclass
+class PseudoRows:
+    """Pseudo-labelled test images, ready to join a fold's training data."""
+
+    ids: np.ndarray
+    rows: np.ndarray  # rows of preprocess/test.npy (not train.npy)
+    clusters: np.ndarray  # dedup cluster of each image
+    targets: np.ndarray  # (N, K) float32 probability targets (one-hot for hard pseudo-labels)
+    weights: np.ndarray  # (N,) float32 sample weights
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, mask: np.ndarray) -> "PseudoRows":
+        return PseudoRows(self.ids[mask], self.rows[mask], self.clusters[mask], self.targets[mask], self.weights[mask])
+
+
+def load_pseudo_rows(pseudo_dir: Path, classes: list[str]) -> PseudoRows:
+    """Read pseudo/pseudo.csv; the class columns must match the cache's classes.json order."""
+    path = Path(pseudo_dir) / "pseudo.csv"
+    if not path.is_file():
+        raise StageError(f"{path} not found: run `pipeline pseudo` first")
+    table = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+    columns = [f"p_{c}" for c in classes]
+    if [c for c in table.columns if c.startswith("p_")] != columns:
+        raise StageError(f"{path}: target columns do not match the cache's classes {classes[:5]}...")
+    return PseudoRows(
+        ids=table.id.to_numpy(),
+        rows=table.row.to_numpy(dtype=np.int64),
+        clusters=table.cluster.to_numpy(),
+        targets=table[columns].to_numpy(dtype=np.float32),
+        weights=table.weight.to_numpy(dtype=np.float32),
+    )
+
+
+def fold_pseudo_rows(pseudo: PseudoRows, validation_clusters) -> PseudoRows:
+    """The pseudo rows that may train a fold: all but those in a dedup cluster of one of the fold's
+    validation images (a near-copy of a validation image in training would inflate CV). Pseudo rows
+    are only ever added to the training part; validation stays labelled train images only."""
+    return pseudo.subset(~np.isin(pseudo.clusters, np.asarray(list(validation_clusters))))

@@ -1,0 +1,110 @@
+"""train: k-fold training of a timm model on the preprocess cache.
+
+Modules: folds (grouped stratified folds), schedule (lr per step), losses (CE/focal, weights),
+curriculum (difficulty and pacing), model (timm model, local pretrained weights, freezing, param groups), data (dataset, per-epoch sample
+order, loaders), device (device, normalisation, AMP), checkpoint, metrics, plots, loop (one fold).
+
+Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png}, oof.csv, cv.json,
+confusion.png. `resolve_device` and `to_input` are re-exported for predict.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.artifacts import read_json, write_csv, write_json
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
+from pipeline.console import console
+from pipeline.params import Params
+from pipeline.runner import StageError
+from stages.train.device import normalisation, resolve_device, to_input  # noqa: F401  (predict imports these)
+from stages.train.folds import assign_folds
+
+
+def check(params: Params) -> None:
+    """Refuse options this version does not implement, rather than ignoring them silently."""
+    p = params.train
+    if p.fold is not None and p.fold >= p.folds:
+        raise StageError(f"train.fold = {p.fold}: expected 0..{p.folds - 1} (train.folds = {p.folds})")
+
+
+def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
+    p = params.train
+    index = read_index(paths["preprocess"])
+    classes = read_classes(paths["preprocess"])
+    train = index[index.split == "train"].merge(read_clusters(paths["dedup"])[["id", "cluster", "weight"]], on="id")
+    train = train[train.weight > 0].reset_index(drop=True)
+    if len(train) < p.folds:
+        raise StageError(f"train: {len(train)} training images for {p.folds} folds; need at least one per fold")
+    to_idx = {c: i for i, c in enumerate(classes)}
+    targets = train.label.map(to_idx).to_numpy()
+    array = read_arrays(paths["preprocess"])["train"]
+    data = {
+        "array": array, "ids": train.id.to_numpy(), "rows": train.row.to_numpy(), "targets": targets, "weights": train.weight.to_numpy(float),
+        "classes": classes, "folds": assign_folds(targets, train.cluster.to_numpy(), p.folds, params.seed),
+        "transform": A.load(str(paths["augment"] / "transform.json"), data_format="json"),
+        "gpu_recipe": read_json(paths["augment"] / "gpu_augment.json") if (paths["augment"] / "gpu_augment.json").is_file() else None,
+        "norm": normalisation(array, p.norm, params.seed),
+        "extra_rows": np.zeros(0, int), "extra_targets": np.zeros(0, int), "extra_src": np.zeros(0, int),
+    }
+    expanded = paths["augment"] / "expanded.csv"
+    if expanded.is_file():
+        # Offline copies live in their own array; append them after the cache rows in one in-memory array.
+        table = pd.read_csv(expanded, dtype=str, keep_default_na=False)
+        extra = np.load(paths["augment"] / "expanded.npy")
+        position = {i: k for k, i in enumerate(train.id)}
+        keep = table.source_id.map(position).notna().to_numpy()
+        if keep.any():
+            data["array"] = np.concatenate([np.asarray(array), extra[keep]])
+            data["extra_rows"] = len(array) + np.arange(keep.sum())
+            data["extra_targets"] = table.label[keep].map(to_idx).to_numpy()
+            data["extra_src"] = table.source_id[keep].map(position).to_numpy(int)
+    return data, train
+
+
+def run(params: Params, paths) -> dict:
+    from stages.train import plots
+    from stages.train.loop import train_fold
+    from stages.train.metrics import compute
+
+    p = params.train
+    check(params)
+    data, train = load_data(params, paths)
+    device = resolve_device(p.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = p.cudnn_benchmark
+    classes = data["classes"]
+    folds = range(p.folds) if p.fold is None else [p.fold]
+    console.print(f"train: {p.model} on {device}, {len(train)} images (+{len(data['extra_rows'])} expanded), "
+                  f"{len(classes)} classes, folds {list(folds)}")
+    oof, per_fold, speed, epochs = [], {}, [], {}
+    for fold in folds:
+        probs = train_fold(fold, data, params, paths.out, device)
+        val = np.where(data["folds"] == fold)[0]
+        per_fold[fold] = compute(data["targets"][val], probs)[p.metric]
+        frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
+        frame.insert(0, "fold", fold)
+        frame.insert(0, "label", train.label.to_numpy()[val])
+        frame.insert(0, "id", train.id.to_numpy()[val])
+        oof.append(frame)
+        history = pd.read_csv(paths.out / f"fold{fold}" / "metrics.csv")
+        plots.curves(history, p.metric, paths.out / f"fold{fold}" / "curves.png")
+        speed.append(float(history.images_per_s.median()))
+        best_row = history[f"val_{p.metric}"].idxmin() if p.metric == "log_loss" else history[f"val_{p.metric}"].idxmax()
+        epochs[fold] = f"{int(history.epoch[best_row])}/{len(history)}"
+    oof = pd.concat(oof, ignore_index=True)
+    write_csv(paths.out / "oof.csv", oof)
+    y = oof.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probs = oof[[f"p_{c}" for c in classes]].to_numpy()
+    overall = compute(y, probs)
+    plots.confusion(y, probs.argmax(1), classes, paths.out / "confusion.png")
+    values = list(per_fold.values())
+    cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
+          "per_fold": {str(k): v for k, v in per_fold.items()}, **{f"oof_{k}": v for k, v in overall.items()}}
+    write_json(paths.out / "cv.json", cv)
+    return {"model": f"{p.model} on {device}", "folds trained": len(per_fold), "best epoch / epochs run": epochs,
+            "train images/s (median epoch)": f"{np.mean(speed):.0f}", f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f}",
+            "oof accuracy": overall["accuracy"], "oof macro-F1": overall["macro_f1"], "oof log-loss": overall["log_loss"]}

@@ -1,0 +1,79 @@
+"""Training data: the cache rows of one fold, the per-epoch sample order (the one place sampling is
+decided: class balance, curriculum pool, and later the DDP shard), and the loaders."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class CacheDataset(torch.utils.data.Dataset):
+    """Rows of a uint8 cache (memory-mapped), augmented with albumentations, as CHW uint8 tensors."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, targets: np.ndarray, transform=None):
+        self.array, self.rows, self.targets, self.transform = array, rows, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        image = np.array(self.array[self.rows[i]])  # a writable copy of the memory-mapped row
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+            image = image[..., None] if image.ndim == 2 else image
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), int(self.targets[i]), i
+
+
+def sampling_weights(targets: np.ndarray, kind: str) -> np.ndarray | None:
+    """Per-sample draw probabilities for class-balanced sampling; None: a plain permutation."""
+    if kind == "uniform":
+        return None
+    counts = np.bincount(targets).astype(float)
+    per_class = 1.0 / counts if kind == "balanced" else 1.0 / np.sqrt(counts)
+    w = per_class[targets]
+    return w / w.sum()
+
+
+def epoch_order(n: int, epoch: int, seed: int, probs: np.ndarray | None, pool: np.ndarray | None = None) -> np.ndarray:
+    """n sample indices for one epoch, a pure function of (seed, epoch): resume needs no sampler state.
+    `pool` restricts the draw (curriculum; repeated to n so an epoch keeps its length); `probs` draws
+    with replacement by class balance. The DDP shard of this order is the one thing left to add here."""
+    rng = np.random.default_rng([seed, epoch])
+    candidates = np.arange(n) if pool is None else np.asarray(pool)
+    if probs is not None:
+        p = probs[candidates] / probs[candidates].sum()
+        return rng.choice(candidates, size=n, replace=True, p=p)
+    repeats = -(-n // len(candidates))
+    return np.concatenate([rng.permutation(candidates) for _ in range(repeats)])[:n]
+
+
+def seed_worker(worker_id: int) -> None:
+    """Each loader worker seeds its copy of the augmentation from torch's per-worker seed."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**31) if info.dataset.transform is not None else None
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields the order set for the current epoch, so one DataLoader (and its persistent workers)
+    serves every epoch while epoch_order stays the single place that decides what is seen."""
+
+    def __init__(self, n: int):
+        self.order = np.arange(n)
+
+    def set_order(self, order: np.ndarray) -> None:
+        self.order = np.asarray(order)
+
+    def __iter__(self):
+        return iter(self.order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def loader(dataset, sampler: EpochSampler, batch_size: int, workers: int, pin: bool, drop_last: bool, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
+        pin_memory=pin, persistent_workers=workers > 0, worker_init_fn=seed_worker if workers else None,
+        generator=generator,
+    )

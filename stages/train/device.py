@@ -1,0 +1,40 @@
+"""Device choice and input normalisation (on the device, from uint8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.runner import StageError
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StageError("train.device is cuda but no CUDA device is available (use auto or cpu)")
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def normalisation(array: np.ndarray, kind: str, seed: int, sample: int = 2048) -> dict:
+    """Per-channel mean/std on the 0..1 scale: the training cache's (from a seeded sample) or ImageNet's."""
+    channels = array.shape[3]
+    if kind == "imagenet":
+        return {k: (v if channels == 3 else [float(np.mean(v))] * channels) for k, v in IMAGENET.items()}
+    rows = np.sort(np.random.default_rng(seed).choice(len(array), min(sample, len(array)), replace=False))
+    pixels = np.asarray(array[rows], dtype=np.float64).reshape(-1, channels) / 255.0
+    return {"mean": pixels.mean(0).tolist(), "std": np.maximum(pixels.std(0), 1e-3).tolist()}
+
+
+def to_input(images: torch.Tensor, norm: dict, device: torch.device) -> torch.Tensor:
+    mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1) * 255
+    std = torch.tensor(norm["std"], device=device).view(1, -1, 1, 1) * 255
+    return (images.to(device, non_blocking=True).float() - mean) / std
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16

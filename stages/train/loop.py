@@ -1,0 +1,202 @@
+"""One fold: build model, optimiser, schedule; train epoch by epoch; validate; checkpoint; resume.
+
+Resume: last.pt holds model, optimiser, scaler, EMA, the epoch and the metrics history. The schedule is
+a function of the step and the sample order and augmentation seeds are functions of (seed, fold,
+epoch), so restarting at an epoch boundary continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import timm.optim
+import torch
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
+
+from pipeline.artifacts import write_csv
+from pipeline.console import console, progress_bar
+from pipeline.params import Params
+from pipeline.runner import StageError
+from stages.train import checkpoint, curriculum, losses, metrics, schedule
+from stages.train import gpu_augment
+from stages.train.data import CacheDataset, EpochSampler, epoch_order, loader, sampling_weights
+from stages.train.device import autocast_dtype, to_input
+from stages.train.model import apply_freezing, create_model, param_groups
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    write_csv(path, pd.DataFrame(history))
+
+
+@torch.no_grad()
+def predict(model, array, rows, norm, device, batch_size, amp) -> np.ndarray:
+    model.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        images = torch.from_numpy(np.ascontiguousarray(array[np.sort(rows[start : start + batch_size])]))
+        # rows are sorted above only to read the memmap in order; restore the requested order
+        order = np.argsort(np.argsort(rows[start : start + batch_size]))
+        x = to_input(images.permute(0, 3, 1, 2)[order], norm, device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out.append(model(x).float().softmax(1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.device) -> np.ndarray:
+    """Train fold `fold`; returns the best checkpoint's validation probabilities (OOF rows)."""
+    p = params.train
+    fold_dir = out / f"fold{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    seed = params.seed * 1000 + fold
+    seed_everything(seed)
+    is_val = data["folds"] == fold
+    train_idx, val_idx = np.where(~is_val)[0], np.where(is_val)[0]
+    # Offline-expanded copies join training only where their source image trains.
+    extra = data["extra_src"] >= 0
+    extra_idx = np.where(extra & ~np.isin(data["extra_src"], val_idx))[0]
+    train_rows = np.concatenate([data["rows"][train_idx], data["extra_rows"][extra_idx]])
+    targets = np.concatenate([data["targets"][train_idx], data["extra_targets"][extra_idx]])
+    weights = np.concatenate([data["weights"][train_idx], data["weights"][data["extra_src"][extra_idx]]]) if len(extra_idx) else data["weights"][train_idx]
+    weights = weights if p.dedup_weights else np.ones_like(weights)
+    array = data["array"]
+    num_classes = len(data["classes"])
+    dataset = CacheDataset(array, train_rows, targets, data["transform"])
+    probs_draw = sampling_weights(targets, p.sampler)
+    steps_per_epoch = max(1, len(train_rows) // p.batch_size) // p.accumulate or 1
+    total = p.epochs * steps_per_epoch
+    warmup = int(p.warmup_epochs * steps_per_epoch)
+    lr = p.lr * (p.batch_size * p.accumulate / p.lr_base_batch if p.lr_base_batch else 1.0)
+    amp = autocast_dtype(p.amp, device)
+    on_device = p.gpu_augment == "always" or (p.gpu_augment == "auto" and gpu_augment.fits(array, device, p.gpu_cache_fraction))
+    if on_device and data["gpu_recipe"] is None:
+        raise StageError("train.gpu_augment: augment/gpu_augment.json is missing; rerun `pipeline augment`")
+    device_batches = gpu_augment.DeviceBatches(array, train_rows, targets, data["gpu_recipe"], data["norm"], device) if on_device else None
+
+    model = create_model(p, num_classes, array.shape[3]).to(device)
+    if p.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay, momentum=p.momentum)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    ema = ModelEmaV3(model, decay=p.ema, use_warmup=True) if p.ema > 0 else None
+    mixup = Mixup(mixup_alpha=p.mixup, cutmix_alpha=p.cutmix, prob=p.mix_prob, label_smoothing=p.label_smoothing, num_classes=num_classes) if p.mixup or p.cutmix else None
+    cw = losses.class_weights(targets, num_classes, p.class_weights)
+    cw = torch.tensor(cw, dtype=torch.float32, device=device) if cw is not None else None
+    forward = torch.compile(model) if p.compile and device.type == "cuda" else model
+    schedule.plot(fold_dir / "lr_schedule.png", total, warmup, lr, p, steps_per_epoch)
+
+    meta = {"model": p.model, "classes": data["classes"], "in_chans": int(array.shape[3]), "norm": data["norm"],
+            "params": p.model_dump(mode="json"), "fold": fold}
+    history, best, best_probs, start_epoch, stale = [], None, None, 0, 0
+    last = checkpoint.load(fold_dir / "last.pt")
+    same = lambda a, b: {k: v for k, v in a.items() if k != "fold"} == {k: v for k, v in b.items() if k != "fold"}  # noqa: E731
+    if last is not None and same(last["params"], meta["params"]) and last.get("seed") == params.seed:
+        model.load_state_dict(last["state_dict"])
+        optimizer.load_state_dict(last["optimizer"])
+        scaler.load_state_dict(last["scaler"])
+        if ema is not None:
+            ema.module.load_state_dict(last["ema_state_dict"])
+        history, best, stale, start_epoch = last["history"], last["best"], last["stale"], last["epoch"] + 1
+        best_probs = last["best_probs"]
+        console.print(f"fold {fold}: resuming after epoch {last['epoch']} from {fold_dir / 'last.pt'}")
+    elif last is not None:
+        console.print(f"fold {fold}: {fold_dir / 'last.pt'} is from other params; starting over")
+
+    scores = None
+    if p.curriculum and start_epoch < p.epochs:
+        ids = np.concatenate([data["ids"][train_idx], data["ids"][data["extra_src"][extra_idx]]]) if len(extra_idx) else data["ids"][train_idx]
+        scores = curriculum.difficulty(p.curriculum_score, array=array, rows=train_rows, targets=targets, ids=ids, norm=data["norm"],
+                                       p=p, classes=data["classes"], device=device, seed=seed)
+        seed_everything(seed)
+    sampler = EpochSampler(len(train_rows))
+    drop_last = len(train_rows) >= p.batch_size
+    cpu_loader = None if device_batches is not None else loader(dataset, sampler, p.batch_size, p.workers, device.type == "cuda", drop_last, seed)
+    step = start_epoch * steps_per_epoch
+    with progress_bar() as bar:
+        task = bar.add_task(f"fold {fold}", total=p.epochs, completed=start_epoch, info="")
+        for epoch in range(start_epoch, p.epochs):
+            if p.patience and stale >= p.patience:
+                console.print(f"fold {fold}: early stop, no improvement in {p.patience} epochs")
+                break
+            seed_everything(seed * 100003 + epoch)
+            if dataset.transform is not None:
+                dataset.transform.set_random_seed(seed * 100003 + epoch)
+            frozen = apply_freezing(model, p, epoch)
+            fraction = curriculum.pool_fraction(epoch, p)
+            chosen = curriculum.pool(scores, fraction) if scores is not None else None
+            order = epoch_order(len(train_rows), epoch, seed, probs_draw, chosen)
+            if device_batches is not None:
+                batches = device_batches.epoch(order, p.batch_size, drop_last, seed * 100003 + epoch)
+            else:
+                sampler.set_order(order)
+                batches = ((to_input(images, data["norm"], device), y, idx) for images, y, idx in cpu_loader)
+            mixing = mixup is not None and epoch < p.epochs - p.mix_off_epochs
+            model.train()
+            optimizer.zero_grad(set_to_none=True)  # accumulation never carries a partial step across epochs
+            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            for i, (x, y, idx) in enumerate(batches):
+                y = y.to(device)
+                if p.channels_last and device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if mixing and len(x) % 2 == 0:
+                    x, target = mixup(x, y)
+                else:
+                    target = losses.soft_targets(y, num_classes, p.label_smoothing)
+                w = torch.as_tensor(weights[idx.numpy()], dtype=torch.float32, device=device)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = forward(x)
+                per_sample = losses.per_sample_loss(logits, target, cw, p.focal_gamma if p.loss == "focal" else 0.0)
+                loss = (per_sample * w).sum() / w.sum()
+                if p.l1:
+                    loss = loss + p.l1 * sum(q.abs().sum() for q in model.parameters() if q.ndim > 1 and q.requires_grad)
+                if not torch.isfinite(loss):
+                    raise StageError(f"fold {fold}: loss is {loss.item()} at epoch {epoch}, step {step}; stopped, "
+                                     f"last good checkpoint kept in {fold_dir.name}/last.pt (lower train.lr or set train.grad_clip)")
+                scaler.scale(loss / p.accumulate).backward()
+                if (i + 1) % p.accumulate == 0:
+                    for group in optimizer.param_groups:
+                        group["lr"] = schedule.lr_at(step, total, warmup, lr, p, steps_per_epoch) * group["lr_scale"]
+                    if p.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    if ema is not None:
+                        ema.update(model, step=step)
+                seen += len(y)
+                loss_sum += loss.item() * len(y)
+                bar.update(task, info=f"loss {loss_sum / seen:.3f}  {seen / (time.perf_counter() - t0):.0f} img/s")
+            train_seconds = time.perf_counter() - t0
+            evaluated = ema.module if ema is not None else model
+            probs = predict(evaluated, array, data["rows"][val_idx], data["norm"], device, p.eval_batch_size, amp)
+            y_val = data["targets"][val_idx]
+            scores = metrics.compute(y_val, probs)
+            row = {"epoch": epoch, "lr": schedule.lr_at(max(0, step - 1), total, warmup, lr, p, steps_per_epoch),
+                   "train_loss": loss_sum / max(1, seen), "val_loss": scores["log_loss"],
+                   **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.perf_counter() - t0,
+                   "images_per_s": seen / max(train_seconds, 1e-9), "pool": fraction, "frozen": frozen}
+            history.append(row)
+            state = {**meta, "epoch": epoch, "metric": scores[p.metric], "state_dict": model.state_dict()}
+            if ema is not None:
+                state["ema_state_dict"] = ema.module.state_dict()
+            if metrics.better(p.metric, scores[p.metric], best):
+                best, best_probs, stale = scores[p.metric], probs, 0
+                checkpoint.save(fold_dir / "best.pt", state)
+            else:
+                stale += 1
+            checkpoint.save(fold_dir / "last.pt", {**state, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                                   "history": history, "best": best, "best_probs": best_probs, "stale": stale,
+                                                   "seed": params.seed})
+            write_metrics(fold_dir / "metrics.csv", history)
+            bar.update(task, advance=1, info=f"{p.metric} {scores[p.metric]:.4f} (best {best:.4f})")
+    return best_probs

@@ -1,0 +1,43 @@
+"""`dvc repro` agrees with `pipeline run`: a second repro does nothing; one train param reruns train and predict."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+
+
+def repro(cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run([DVC, "repro"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DVC is None, reason="dvc is a test dependency: pip install -e '.[test]'")
+def test_dvc_repro_matches_pipeline_semantics(tmp_path):
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["example"]["train.epochs"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+
+    assert ran(repro(tmp_path)) == ["preprocess", "dedup", "augment", "train", "predict"]
+    assert (tmp_path / "artifacts" / "predict" / "submission.csv").is_file()
+    assert ran(repro(tmp_path)) == []
+
+    params["train"]["weight_decay"] = 0.01
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(repro(tmp_path)) == ["train", "predict"]

@@ -1,0 +1,85 @@
+import numpy as np
+import pandas as pd
+
+from pipeline.params import PseudoParams
+from pipeline.runner import BY_NAME, run_stage
+from stages.pseudo import PseudoRows, fold_pseudo_rows, load_pseudo_rows, select
+from tests._predict_fixtures import tiny_params, trained  # noqa: F401
+
+# class 0 is frequent and confident, class 1 rare and less so
+PROBS = np.array([[0.99, 0.01]] * 6 + [[0.95, 0.05]] * 2 + [[0.2, 0.8], [0.3, 0.7]])
+
+
+def params(**kw):
+    base = {"threshold": None, "top_fraction": None, "soft": True, "weight": 0.5}
+    return PseudoParams(**{**base, **kw})
+
+
+def test_threshold_only():
+    assert select(PROBS, params(threshold=0.9)).tolist() == [True] * 8 + [False] * 2
+
+
+def test_top_fraction_keeps_rare_classes():
+    keep = select(PROBS, params(top_fraction=0.5))
+    assert keep[:4].all() and not keep[4:8].any()  # top 4 of 8 class-0 rows (ties: first ones)
+    assert keep.tolist()[8:] == [True, False]  # ceil(0.5 * 2) = 1 row of the rare class
+
+
+def test_both_criteria_must_pass():
+    keep = select(PROBS, params(threshold=0.75, top_fraction=0.5))
+    assert keep.sum() == 5 and keep[8]
+
+
+def test_fold_pseudo_rows_drop_validation_clusters():
+    rows = PseudoRows(np.array(["a", "b", "c"]), np.array([0, 1, 2]), np.array([10, 11, 12]),
+                      np.eye(3, dtype=np.float32), np.full(3, 0.5, dtype=np.float32))
+    kept = fold_pseudo_rows(rows, validation_clusters={11, 99})
+    assert kept.ids.tolist() == ["a", "c"] and kept.rows.tolist() == [0, 2] and len(kept) == 2
+
+
+def test_pseudo_stage_on_the_example(trained, tmp_path):  # noqa: F811
+    p = tiny_params(trained, "pseudo.threshold=null", "pseudo.top_fraction=0.3", "pseudo.soft=false")
+    run_stage(BY_NAME["predict"], p, trained)
+    run_stage(BY_NAME["pseudo"], p, trained)
+    table = pd.read_csv(trained / "pseudo" / "pseudo.csv", dtype={"id": str, "label": str})
+    index = pd.read_csv(trained / "preprocess" / "index.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+    test = index[index.split == "test"].set_index("id")
+    assert len(table) > 0 and set(table.id) <= set(test.index)
+    assert (trained / "pseudo" / "pseudo.png").stat().st_size > 1000
+    assert (test.loc[table.id, "row"].to_numpy() == table.row.to_numpy()).all()  # rows of test.npy
+    targets = table[[c for c in table.columns if c.startswith("p_")]].to_numpy()
+    assert set(np.unique(targets)) <= {0.0, 1.0} and np.allclose(targets.sum(1), 1)  # hard: one-hot
+    classes = pd.read_json(trained / "preprocess" / "classes.json").iloc[:, 0].astype(str).tolist()
+    rows = load_pseudo_rows(trained / "pseudo", classes)
+    assert rows.targets.shape == (len(table), len(classes)) and np.allclose(rows.weights, 0.5)
+
+
+def test_pseudo_rows_never_reach_validation(trained):  # noqa: F811
+    """What train does per fold: validation = labelled images of the fold; pseudo rows join training only,
+    minus those sharing a dedup cluster with a validation image."""
+    from pipeline.cache import read_classes, read_clusters, read_index
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    p = tiny_params(trained, "pseudo.threshold=null", "pseudo.top_fraction=1.0")
+    run_stage(BY_NAME["predict"], p, trained)
+    run_stage(BY_NAME["pseudo"], p, trained)
+    classes = read_classes(trained / "preprocess")
+    pseudo = load_pseudo_rows(trained / "pseudo", classes)
+    clusters = read_clusters(trained / "dedup").set_index("id")
+    train = read_index(trained / "preprocess").query("split == 'train'")
+    # make one pseudo image a near-copy of a train image, the case the cluster rule is for
+    pseudo.clusters = pseudo.clusters.copy()
+    pseudo.clusters[0] = clusters.loc[train.id.iloc[0], "cluster"]
+    folds = np.zeros(len(train), dtype=int)  # folds grouped by dedup cluster, as train makes them
+    splitter = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=0)
+    for fold, (_, val) in enumerate(splitter.split(train, train.label, clusters.loc[train.id, "cluster"])):
+        folds[val] = fold
+    for fold in range(2):
+        val_ids = set(train.id[folds == fold])
+        val_clusters = set(clusters.loc[list(val_ids), "cluster"])
+        kept = fold_pseudo_rows(pseudo, val_clusters)
+        assert not set(kept.ids) & val_ids
+        assert not set(kept.clusters) & val_clusters
+        assert len(kept) >= len(pseudo) - 1
+    assert sum(pseudo.ids[0] not in fold_pseudo_rows(pseudo, set(clusters.loc[list(train.id[folds == f]), "cluster"])).ids
+               for f in range(2)) == 1

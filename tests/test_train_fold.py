@@ -1,0 +1,145 @@
+"""Train on a tiny generated cache (CPU, seconds): OOF coverage, determinism, resume, NaN, CLI."""
+
+import json
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.params import load_params
+from pipeline.runner import StageError, StagePaths
+import stages.train as train_stage
+from stages.augment import gpu_recipe
+from stages.train import loop
+
+TINY = ["train.model=resnet10t", "train.epochs=2", "train.batch_size=16", "train.workers=0", "train.folds=3",
+        "train.eval_batch_size=64", "train.warmup_epochs=1", "train.mixup=0.2", "train.cutmix=0.0", "train.patience=0",
+        "train.ema=0.9", "train.drop_path=0.0", "train.lr=0.003"]
+
+
+def make_inputs(root, n=48, classes=3, size=16):
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 60, (n, size, size, 1)).astype(np.uint8)
+    for i, c in enumerate(labels):  # a learnable signal: a bright band whose row depends on the class
+        images[i, 4 * c : 4 * c + 4] += 150
+    pre, dedup, aug = root / "preprocess", root / "dedup", root / "augment"
+    for d in (pre, dedup, aug):
+        d.mkdir(parents=True)
+    np.save(pre / "train.npy", images)
+    np.save(pre / "test.npy", images[:0])
+    ids = [f"img{i}" for i in range(n)]
+    pd.DataFrame({"id": ids, "split": "train", "label": [str(c) for c in labels], "row": range(n), "path": ""}).to_csv(pre / "index.csv", index=False)
+    (pre / "classes.json").write_text(json.dumps([str(c) for c in range(classes)]))
+    cluster = [i // 2 for i in range(n)]  # pairs of "duplicates" (same label: i and i+1 differ, so use i//2*2 labels)
+    pd.DataFrame({"id": ids, "split": "train", "cluster": cluster, "is_representative": True, "weight": 1.0}).to_csv(dedup / "clusters.csv", index=False)
+    A.save(A.Compose([A.HorizontalFlip(p=0.5)]), str(aug / "transform.json"), data_format="json")
+    params, _ = load_params("params.yaml", ["data.root=/nonexistent"])
+    (aug / "gpu_augment.json").write_text(json.dumps(gpu_recipe(params.augment)))
+    return {"preprocess": pre, "dedup": dedup, "augment": aug}
+
+
+def run(root, out, extra=()):
+    params, _ = load_params("params.yaml", TINY + list(extra) + ["data.root=/nonexistent"])
+    inputs = root if isinstance(root, dict) else make_inputs(root)
+    out.mkdir(parents=True, exist_ok=True)
+    return train_stage.run(params, StagePaths(out=out, inputs=inputs)), inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp("data"))
+
+
+def test_oof_covers_every_train_id_once_and_is_deterministic(inputs, tmp_path):
+    run(inputs, tmp_path / "a")
+    run(inputs, tmp_path / "b")
+    oof = pd.read_csv(tmp_path / "a" / "oof.csv", dtype={"id": str, "label": str})
+    ids = pd.read_csv(inputs["preprocess"] / "index.csv").id
+    assert sorted(oof.id) == sorted(ids) and oof.id.is_unique
+    clusters = pd.read_csv(inputs["dedup"] / "clusters.csv").set_index("id").cluster
+    assert oof.groupby(oof.id.map(clusters)).fold.nunique().max() == 1
+    again = pd.read_csv(tmp_path / "b" / "oof.csv", dtype={"id": str, "label": str})
+    pd.testing.assert_frame_equal(oof, again)  # same params + seed on CPU -> identical OOF
+    ckpt = torch.load(tmp_path / "a" / "fold0" / "best.pt", weights_only=False)
+    for key in ("model", "classes", "in_chans", "norm", "params", "fold", "epoch", "metric", "state_dict", "ema_state_dict"):
+        assert key in ckpt
+    cv = json.loads((tmp_path / "a" / "cv.json").read_text())
+    assert set(cv["per_fold"]) == {"0", "1", "2"}
+    for name in ("fold0/metrics.csv", "fold0/curves.png", "fold0/lr_schedule.png", "confusion.png"):
+        assert (tmp_path / "a" / name).is_file()
+
+
+def test_resume_after_kill_equals_uninterrupted(inputs, tmp_path, monkeypatch):
+    extra = ["train.fold=0", "train.epochs=3"]
+    run(inputs, tmp_path / "full", extra)
+    real = loop.write_metrics
+
+    def killed(path, history):  # the process dies right after epoch 1's checkpoints
+        real(path, history)
+        if len(history) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "write_metrics", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(inputs, tmp_path / "cut", extra)
+    monkeypatch.setattr(loop, "write_metrics", real)
+    run(inputs, tmp_path / "cut", extra)
+    a = pd.read_csv(tmp_path / "full" / "oof.csv")
+    b = pd.read_csv(tmp_path / "cut" / "oof.csv")
+    pd.testing.assert_frame_equal(a, b)
+    ma = pd.read_csv(tmp_path / "full" / "fold0" / "metrics.csv").drop(columns=["seconds", "images_per_s"])
+    mb = pd.read_csv(tmp_path / "cut" / "fold0" / "metrics.csv").drop(columns=["seconds", "images_per_s"])
+    pd.testing.assert_frame_equal(ma, mb)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(inputs, tmp_path, monkeypatch):
+    extra = ["train.fold=0", "train.epochs=2"]
+    real = loop.losses.per_sample_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] > 3 else out  # epoch 0 has 2 steps, so NaN in epoch 1
+
+    monkeypatch.setattr(loop.losses, "per_sample_loss", poisoned)
+    with pytest.raises(StageError, match="loss is nan at epoch 1"):
+        run(inputs, tmp_path / "nan", extra)
+    last = torch.load(tmp_path / "nan" / "fold0" / "last.pt", weights_only=False)
+    assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_missing_pretrained_file_is_a_clear_error(inputs, tmp_path):
+    with pytest.raises(StageError, match="train.pretrained: weights file .* not found"):
+        run(inputs, tmp_path / "p", ["train.fold=0", "train.pretrained=/no/such.safetensors"])
+
+
+def test_pretrained_from_our_checkpoint_loads(inputs, tmp_path):
+    run(inputs, tmp_path / "first", ["train.fold=0", "train.epochs=1"])
+    summary, _ = run(inputs, tmp_path / "second", ["train.fold=0", "train.epochs=1", f"train.pretrained={tmp_path / 'first' / 'fold0' / 'best.pt'}"])
+    assert summary["folds trained"] == 1
+
+
+@pytest.mark.parametrize("score", ["probe", "contrast"])
+def test_curriculum_trains(inputs, tmp_path, score):
+    run(inputs, tmp_path / score, ["train.fold=0", "train.epochs=2", "train.curriculum=true", f"train.curriculum_score={score}",
+                                   "train.curriculum_probe_epochs=1", "train.curriculum_span=1.0", "train.curriculum_thresholds=[0.5]"])
+    metrics = pd.read_csv(tmp_path / score / "fold0" / "metrics.csv")
+    assert list(metrics["pool"]) == [0.5, 0.5]
+
+
+def test_curriculum_from_oof(inputs, tmp_path):
+    run(inputs, tmp_path / "first", [])
+    run(inputs, tmp_path / "second", ["train.fold=0", "train.epochs=2", "train.curriculum=true", "train.curriculum_score=oof",
+                                      f"train.curriculum_oof={tmp_path / 'first' / 'oof.csv'}"])
+    assert (tmp_path / "second" / "oof.csv").is_file()
+
+
+def test_device_side_augmentation_path_trains_deterministically(inputs, tmp_path):
+    extra = ["train.fold=0", "train.epochs=2", "train.gpu_augment=always"]
+    run(inputs, tmp_path / "a", extra)
+    run(inputs, tmp_path / "b", extra)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "oof.csv"), pd.read_csv(tmp_path / "b" / "oof.csv"))
