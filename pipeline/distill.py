@@ -33,16 +33,22 @@ def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return (probs.clamp_min(1e-8).log() / temperature).softmax(-1)
 
 
+def kl_per_sample(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(teacher_T || student_T) for each image: the soft term of the loss."""
+    t = temperature
+    log_student = F.log_softmax(student_logits.float() / t, dim=-1)
+    teacher = soften(teacher_probs.float(), t)
+    return (teacher * (teacher.clamp_min(1e-8).log() - log_student)).sum(-1) * t * t
+
+
 def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, targets: torch.Tensor, temperature: float,
                  alpha: float, weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
     """Weighted mean over the batch of the per-image loss in the module docstring.
 
     student_logits (B, K); teacher_probs (B, K); targets (B,) class indices, NO_LABEL for test rows.
+    (The train loop computes the same per image on soft targets, so mixup can mix them.)
     """
-    t = temperature
-    log_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    teacher = soften(teacher_probs.float(), t)
-    kl = (teacher * (teacher.clamp_min(1e-8).log() - log_student)).sum(-1) * t * t
+    kl = kl_per_sample(student_logits, teacher_probs, temperature)
     labelled = targets != NO_LABEL
     hard = F.cross_entropy(student_logits.float(), targets.clamp_min(0), reduction="none", label_smoothing=label_smoothing)
     per_image = torch.where(labelled, alpha * kl + (1 - alpha) * hard, kl)
@@ -64,6 +70,14 @@ class Teacher:
             raise StageError(f"distill.teacher has no out-of-fold prediction for {len(missing)} train images "
                              f"(first: {', '.join(map(str, missing[:5]))}); was it trained on this data with every fold?")
         return self.train.loc[list(ids)].to_numpy(dtype=np.float32)
+
+    def test_targets(self, ids) -> np.ndarray:
+        """(N, K) teacher probabilities for test ids (from its predict/probs.csv)."""
+        missing = [i for i in ids if i not in self.test.index]
+        if missing:
+            raise StageError(f"distill.teacher has no test prediction for {len(missing)} test images "
+                             f"(first: {', '.join(map(str, missing[:5]))}); was its predict run on this data?")
+        return self.test.loc[list(ids)].to_numpy(dtype=np.float32)
 
 
 def load_teacher(workdir: Path, classes: list[str]) -> Teacher:

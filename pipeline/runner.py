@@ -49,7 +49,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("preprocess", ("data", "preprocess"), ()),
     Stage("dedup", ("dedup",), ("preprocess",)),
     Stage("augment", ("seed", "augment"), ("preprocess",)),
-    Stage("train", ("seed", "train"), ("preprocess", "dedup", "augment"), keep_partial=True),
+    Stage("train", ("seed", "train", "distill"), ("preprocess", "dedup", "augment"), keep_partial=True),
     Stage("predict", ("predict",), ("preprocess", "dedup", "train")),
 )
 PSEUDO = Stage("pseudo", ("pseudo",), ("preprocess", "dedup", "predict"))
@@ -69,7 +69,7 @@ def stages_for(params: Params) -> tuple[Stage, ...]:
         prev, cur = round_prefix(k - 1), round_prefix(k)
         stages += [
             Stage(f"{prev}pseudo", ("pseudo",), ("preprocess", "dedup", f"{prev}predict")),
-            Stage(f"{cur}train", ("seed", "train"), ("preprocess", "dedup", "augment", f"{prev}pseudo"), keep_partial=True),
+            Stage(f"{cur}train", ("seed", "train", "distill"), ("preprocess", "dedup", "augment", f"{prev}pseudo"), keep_partial=True),
             Stage(f"{cur}predict", ("predict",), ("preprocess", "dedup", f"{cur}train")),
         ]
     return tuple(stages)
@@ -112,6 +112,8 @@ def _deps(stage: Stage, params: Params) -> tuple[str, ...]:
         return ("data",) + stage.deps
     if stage.kind == "predict":  # extra train runs to ensemble are inputs too, so retraining one is seen
         return stage.deps + tuple(EXTERNAL + run for run in params.predict.runs)
+    if stage.kind == "train" and params.distill.teacher:  # so does a teacher's new prediction
+        return stage.deps + (EXTERNAL + str(Path(params.distill.teacher) / "predict"),)
     return stage.deps
 
 

@@ -11,8 +11,8 @@ train images they would leak across folds).
 
 Output: pseudo.csv (id, row, cluster, label, confidence, weight, p_<class>...) where row is the row of
 preprocess/test.npy and p_<class> are the training targets (the ensemble's probabilities when
-pseudo.soft, else one-hot), plus summary.json and pseudo.png (kept rows per class, confidence). `load_pseudo_rows` and `fold_pseudo_rows` are what the
-train stage calls to add them to the training part of each fold, never to its validation part.
+pseudo.soft, else one-hot), plus summary.json and pseudo.png (kept rows per class, confidence). The train stage reads them with `load_pseudo_rows`
+and adds them to the training part of each fold, never to its validation part (stages/train/rows.py).
 """
 
 from __future__ import annotations
@@ -140,9 +140,6 @@ class PseudoRows:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, mask: np.ndarray) -> "PseudoRows":
-        return PseudoRows(self.ids[mask], self.rows[mask], self.clusters[mask], self.targets[mask], self.weights[mask])
-
 
 def load_pseudo_rows(pseudo_dir: Path, classes: list[str]) -> PseudoRows:
     """Read pseudo/pseudo.csv; the class columns must match the cache's classes.json order."""
@@ -160,10 +157,3 @@ def load_pseudo_rows(pseudo_dir: Path, classes: list[str]) -> PseudoRows:
         targets=table[columns].to_numpy(dtype=np.float32),
         weights=table.weight.to_numpy(dtype=np.float32),
     )
-
-
-def fold_pseudo_rows(pseudo: PseudoRows, validation_clusters) -> PseudoRows:
-    """The pseudo rows that may train a fold: all but those in a dedup cluster of one of the fold's
-    validation images (a near-copy of a validation image in training would inflate CV). Pseudo rows
-    are only ever added to the training part; validation stays labelled train images only."""
-    return pseudo.subset(~np.isin(pseudo.clusters, np.asarray(list(validation_clusters))))

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 runner = CliRunner()
-FAST = ["-S", "train.epochs=2"]
+FAST = ["-S", "train.epochs=4"]
 
 
 def invoke(*args):

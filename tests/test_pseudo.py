@@ -3,7 +3,7 @@ import pandas as pd
 
 from pipeline.params import PseudoParams
 from pipeline.runner import BY_NAME, run_stage
-from stages.pseudo import PseudoRows, fold_pseudo_rows, load_pseudo_rows, select
+from stages.pseudo import load_pseudo_rows, select
 from tests._predict_fixtures import tiny_params, trained  # noqa: F401
 
 # class 0 is frequent and confident, class 1 rare and less so
@@ -30,13 +30,6 @@ def test_both_criteria_must_pass():
     assert keep.sum() == 5 and keep[8]
 
 
-def test_fold_pseudo_rows_drop_validation_clusters():
-    rows = PseudoRows(np.array(["a", "b", "c"]), np.array([0, 1, 2]), np.array([10, 11, 12]),
-                      np.eye(3, dtype=np.float32), np.full(3, 0.5, dtype=np.float32))
-    kept = fold_pseudo_rows(rows, validation_clusters={11, 99})
-    assert kept.ids.tolist() == ["a", "c"] and kept.rows.tolist() == [0, 2] and len(kept) == 2
-
-
 def test_pseudo_stage_on_the_example(trained, tmp_path):  # noqa: F811
     p = tiny_params(trained, "pseudo.threshold=null", "pseudo.top_fraction=0.3", "pseudo.soft=false")
     run_stage(BY_NAME["predict"], p, trained)
@@ -52,34 +45,3 @@ def test_pseudo_stage_on_the_example(trained, tmp_path):  # noqa: F811
     classes = pd.read_json(trained / "preprocess" / "classes.json").iloc[:, 0].astype(str).tolist()
     rows = load_pseudo_rows(trained / "pseudo", classes)
     assert rows.targets.shape == (len(table), len(classes)) and np.allclose(rows.weights, 0.5)
-
-
-def test_pseudo_rows_never_reach_validation(trained):  # noqa: F811
-    """What train does per fold: validation = labelled images of the fold; pseudo rows join training only,
-    minus those sharing a dedup cluster with a validation image."""
-    from pipeline.cache import read_classes, read_clusters, read_index
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    p = tiny_params(trained, "pseudo.threshold=null", "pseudo.top_fraction=1.0")
-    run_stage(BY_NAME["predict"], p, trained)
-    run_stage(BY_NAME["pseudo"], p, trained)
-    classes = read_classes(trained / "preprocess")
-    pseudo = load_pseudo_rows(trained / "pseudo", classes)
-    clusters = read_clusters(trained / "dedup").set_index("id")
-    train = read_index(trained / "preprocess").query("split == 'train'")
-    # make one pseudo image a near-copy of a train image, the case the cluster rule is for
-    pseudo.clusters = pseudo.clusters.copy()
-    pseudo.clusters[0] = clusters.loc[train.id.iloc[0], "cluster"]
-    folds = np.zeros(len(train), dtype=int)  # folds grouped by dedup cluster, as train makes them
-    splitter = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=0)
-    for fold, (_, val) in enumerate(splitter.split(train, train.label, clusters.loc[train.id, "cluster"])):
-        folds[val] = fold
-    for fold in range(2):
-        val_ids = set(train.id[folds == fold])
-        val_clusters = set(clusters.loc[list(val_ids), "cluster"])
-        kept = fold_pseudo_rows(pseudo, val_clusters)
-        assert not set(kept.ids) & val_ids
-        assert not set(kept.clusters) & val_clusters
-        assert len(kept) >= len(pseudo) - 1
-    assert sum(pseudo.ids[0] not in fold_pseudo_rows(pseudo, set(clusters.loc[list(train.id[folds == f]), "cluster"])).ids
-               for f in range(2)) == 1

@@ -24,6 +24,8 @@ def test_one_pseudo_round_end_to_end(tmp_path):
     rounds = json.loads((tmp_path / "rounds.json").read_text())
     assert [r["round"] for r in rounds] == [0, 1]
     assert rounds[1]["pseudo_rows"] > 0 and 0.0 <= rounds[1]["agreement_with_previous"] <= 1.0
+    # round 1 really trained on them: same labelled images, seed and folds as round 0, other weights
+    assert rounds[1]["cv"] != rounds[0]["cv"]
     # round 1 trained with round 0's pseudo rows as its `pseudo` input
     lock = json.loads((tmp_path / "round1" / "train" / "lock.json").read_text())
     assert set(lock["deps"]) == {"preprocess", "dedup", "augment", "pseudo"}

@@ -56,15 +56,30 @@ def test_weighted_ce_matches_torch_and_focal_values():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     y = torch.tensor([0, 2])
     w = torch.tensor([1.0, 2.0, 0.5])
-    target = losses.soft_targets(y, 3, 0.0)
+    target = F.one_hot(y, 3).float()
     ours = losses.per_sample_loss(logits, target, w)
     assert torch.allclose(ours, F.cross_entropy(logits, y, weight=w, reduction="none"))
     p_true = logits.softmax(1)[torch.arange(2), y]
     focal = losses.per_sample_loss(logits, target, None, gamma=2.0)
     assert torch.allclose(focal, -(1 - p_true) ** 2 * p_true.log())
     # label smoothing spreads eps over all classes, as torch does
-    smooth = losses.per_sample_loss(logits, losses.soft_targets(y, 3, 0.1))
+    smooth = losses.per_sample_loss(logits, losses.smooth(target, 0.1))
     assert torch.allclose(smooth, F.cross_entropy(logits, y, label_smoothing=0.1, reduction="none"))
+    # a teacher-only row (all-zero target) stays zero: it learns from the teacher alone
+    assert losses.smooth(torch.zeros(1, 3), 0.1).abs().sum() == 0
+
+
+def test_mixing_matrix_mixes_any_row_vectors_like_the_images():
+    from timm.data import Mixup
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 2, 2)
+    mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=0.0, prob=1.0, label_smoothing=0.0)
+    mixed, m = losses.mixing_matrix(mixup, x.clone())
+    lam = m[0, 0]
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x.flip(0), atol=1e-6)
+    soft = torch.tensor([[1.0, 0.0], [0.3, 0.7], [0.0, 1.0], [0.5, 0.5]])
+    assert torch.allclose(m @ soft, lam * soft + (1 - lam) * soft.flip(0), atol=1e-6)
 
 
 def test_class_weights_and_balanced_sampling():

@@ -18,10 +18,12 @@ import torch
 from pipeline.artifacts import read_json, write_csv, write_json
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
 from pipeline.console import console
+from pipeline.distill import load_teacher
 from pipeline.params import Params
 from pipeline.runner import StageError
 from stages.train.device import normalisation, resolve_device, to_input  # noqa: F401  (predict imports these)
 from stages.train.folds import assign_folds
+from stages.train.rows import RowStack, Rows, concat, extra_rows
 
 
 def check(params: Params) -> None:
@@ -32,37 +34,64 @@ def check(params: Params) -> None:
 
 
 def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
+    """Everything that may train (stages.train.rows), its pixels, and the labelled table for the OOF file."""
     p = params.train
-    index = read_index(paths["preprocess"])
-    classes = read_classes(paths["preprocess"])
-    train = index[index.split == "train"].merge(read_clusters(paths["dedup"])[["id", "cluster", "weight"]], on="id")
+    pre = paths["preprocess"]
+    index, classes, arrays = read_index(pre), read_classes(pre), read_arrays(pre)
+    clusters = read_clusters(paths["dedup"])
+    train = index[index.split == "train"].merge(clusters[["id", "cluster", "weight"]], on="id")
     train = train[train.weight > 0].reset_index(drop=True)
     if len(train) < p.folds:
         raise StageError(f"train: {len(train)} training images for {p.folds} folds; need at least one per fold")
-    to_idx = {c: i for i, c in enumerate(classes)}
-    targets = train.label.map(to_idx).to_numpy()
-    array = read_arrays(paths["preprocess"])["train"]
-    data = {
-        "array": array, "ids": train.id.to_numpy(), "rows": train.row.to_numpy(), "targets": targets, "weights": train.weight.to_numpy(float),
-        "classes": classes, "folds": assign_folds(targets, train.cluster.to_numpy(), p.folds, params.seed),
-        "transform": A.load(str(paths["augment"] / "transform.json"), data_format="json"),
-        "gpu_recipe": read_json(paths["augment"] / "gpu_augment.json") if (paths["augment"] / "gpu_augment.json").is_file() else None,
-        "norm": normalisation(array, p.norm, params.seed),
-        "extra_rows": np.zeros(0, int), "extra_targets": np.zeros(0, int), "extra_src": np.zeros(0, int),
-    }
-    expanded = paths["augment"] / "expanded.csv"
-    if expanded.is_file():
-        # Offline copies live in their own array; append them after the cache rows in one in-memory array.
-        table = pd.read_csv(expanded, dtype=str, keep_default_na=False)
-        extra = np.load(paths["augment"] / "expanded.npy")
-        position = {i: k for k, i in enumerate(train.id)}
-        keep = table.source_id.map(position).notna().to_numpy()
-        if keep.any():
-            data["array"] = np.concatenate([np.asarray(array), extra[keep]])
-            data["extra_rows"] = len(array) + np.arange(keep.sum())
-            data["extra_targets"] = table.label[keep].map(to_idx).to_numpy()
-            data["extra_src"] = table.source_id[keep].map(position).to_numpy(int)
+    onehot = np.eye(len(classes), dtype=np.float32)
+    labels = train.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
+    labelled = Rows(ids=train.id.to_numpy(), rows=train.row.to_numpy(np.int64), labels=labels, targets=onehot[labels],
+                    weights=train.weight.to_numpy(np.float32) if p.dedup_weights else np.ones(len(train), np.float32),
+                    clusters=train.cluster.astype(str).to_numpy(), fold=assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed))
+    parts, sources = {"labelled": labelled}, {"labelled": labelled.ids}  # sources: whose teacher target a row takes
+
+    # Offline copies of rare-class images train with their source image: same cluster, same weight.
+    copies = np.zeros((0, *arrays["train"].shape[1:]), np.uint8)
+    if (paths["augment"] / "expanded.csv").is_file():
+        table = pd.read_csv(paths["augment"] / "expanded.csv", dtype=str, keep_default_na=False)
+        copies = np.load(paths["augment"] / "expanded.npy", mmap_mode="r")
+        source = pd.Index(train.id).get_indexer(table.source_id)
+        keep = source >= 0  # a copy of an image dedup left out stays out
+        src = source[keep]
+        parts["expanded"] = extra_rows(table.id[keep], len(arrays["train"]) + np.where(keep)[0], onehot[labels[src]],
+                                       labelled.weights[src], labelled.clusters[src])
+        sources["expanded"] = table.source_id[keep].to_numpy()
+    test_offset = len(arrays["train"]) + len(copies)
+
+    if "pseudo" in paths.inputs:  # a pseudo-label round: confident test predictions of the previous round
+        from stages.pseudo import load_pseudo_rows
+
+        pseudo = load_pseudo_rows(paths["pseudo"], classes)
+        parts["pseudo"] = extra_rows(pseudo.ids, test_offset + pseudo.rows, pseudo.targets, pseudo.weights, pseudo.clusters)
+        sources["pseudo"] = pseudo.ids
+    if params.distill.teacher:
+        add_teacher(parts, sources, params, index, clusters, classes, test_offset)
+    data = {"rows": concat(list(parts.values())), "counts": {k: len(v) for k, v in parts.items()},
+            "pixels": RowStack([arrays["train"], copies, arrays["test"]]), "classes": classes,
+            "transform": A.load(str(paths["augment"] / "transform.json"), data_format="json"),
+            "gpu_recipe": read_json(paths["augment"] / "gpu_augment.json") if (paths["augment"] / "gpu_augment.json").is_file() else None,
+            "norm": normalisation(arrays["train"], p.norm, params.seed)}
     return data, train
+
+
+def add_teacher(parts: dict, sources: dict, params: Params, index, clusters, classes, test_offset: int) -> None:
+    """Distillation: every row learns the teacher's probabilities for its (source) image, and the test
+    images join training taught by the teacher alone when distill.test_weight > 0."""
+    d = params.distill
+    teacher = load_teacher(d.teacher, classes)
+    for name, part in parts.items():
+        part.teacher = teacher.test_targets(sources[name]) if name == "pseudo" else teacher.train_targets(sources[name])
+    if d.test_weight > 0:
+        test = index[index.split == "test"].merge(clusters[["id", "cluster"]], on="id")
+        probs = teacher.test_targets(test.id)
+        taught = extra_rows(test.id, test_offset + test.row.to_numpy(), probs, np.full(len(test), d.test_weight), test.cluster, labelled=False)
+        taught.labels, taught.teacher = probs.argmax(1), probs
+        parts["teacher"] = taught
 
 
 def run(params: Params, paths) -> dict:
@@ -78,13 +107,14 @@ def run(params: Params, paths) -> dict:
         torch.backends.cudnn.benchmark = p.cudnn_benchmark
     classes = data["classes"]
     folds = range(p.folds) if p.fold is None else [p.fold]
-    console.print(f"train: {p.model} on {device}, {len(train)} images (+{len(data['extra_rows'])} expanded), "
+    extra = ", ".join(f"+{n} {name}" for name, n in data["counts"].items() if name != "labelled" and n)
+    console.print(f"train: {p.model} on {device}, {len(train)} labelled images{' (' + extra + ' training-only rows)' if extra else ''}, "
                   f"{len(classes)} classes, folds {list(folds)}")
     oof, per_fold, speed, epochs = [], {}, [], {}
     for fold in folds:
         probs = train_fold(fold, data, params, paths.out, device)
-        val = np.where(data["folds"] == fold)[0]
-        per_fold[fold] = compute(data["targets"][val], probs)[p.metric]
+        val = np.where(data["rows"].fold == fold)[0]  # labelled rows come first, in the order of `train`
+        per_fold[fold] = compute(data["rows"].labels[val], probs)[p.metric]
         frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
         frame.insert(0, "fold", fold)
         frame.insert(0, "label", train.label.to_numpy()[val])

@@ -20,6 +20,7 @@ from timm.utils import ModelEmaV3
 
 from pipeline.artifacts import write_csv
 from pipeline.console import console, progress_bar
+from pipeline import distill
 from pipeline.params import Params
 from pipeline.runner import StageError
 from stages.train import checkpoint, curriculum, losses, metrics, schedule
@@ -53,52 +54,57 @@ def predict(model, array, rows, norm, device, batch_size, amp) -> np.ndarray:
 
 def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.device) -> np.ndarray:
     """Train fold `fold`; returns the best checkpoint's validation probabilities (OOF rows)."""
-    p = params.train
+    p, d = params.train, params.distill
     fold_dir = out / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed = params.seed * 1000 + fold
     seed_everything(seed)
-    is_val = data["folds"] == fold
-    train_idx, val_idx = np.where(~is_val)[0], np.where(is_val)[0]
-    # Offline-expanded copies join training only where their source image trains.
-    extra = data["extra_src"] >= 0
-    extra_idx = np.where(extra & ~np.isin(data["extra_src"], val_idx))[0]
-    train_rows = np.concatenate([data["rows"][train_idx], data["extra_rows"][extra_idx]])
-    targets = np.concatenate([data["targets"][train_idx], data["extra_targets"][extra_idx]])
-    weights = np.concatenate([data["weights"][train_idx], data["weights"][data["extra_src"][extra_idx]]]) if len(extra_idx) else data["weights"][train_idx]
-    weights = weights if p.dedup_weights else np.ones_like(weights)
-    array = data["array"]
+    rows = data["rows"]
+    train_idx, val_idx = rows.fold_split(fold)
+    part = rows.subset(train_idx)
+    if (part.fold == -1).any():
+        console.print(f"fold {fold}: + {int((part.fold == -1).sum())} training-only rows "
+                      f"(copies, pseudo-labelled or teacher-taught images; validation stays labelled images only)")
+    pixels = data["pixels"]
     num_classes = len(data["classes"])
-    dataset = CacheDataset(array, train_rows, targets, data["transform"])
-    probs_draw = sampling_weights(targets, p.sampler)
-    steps_per_epoch = max(1, len(train_rows) // p.batch_size) // p.accumulate or 1
+    dataset = CacheDataset(pixels, part.rows, part.labels, data["transform"])
+    probs_draw = sampling_weights(part.labels, p.sampler)
+    # Targets, weights and teacher probabilities are looked up by the row position each batch returns.
+    soft = torch.as_tensor(part.targets, device=device)
+    weights = torch.as_tensor(part.weights, device=device)
+    teacher = torch.as_tensor(part.teacher, device=device) if part.teacher is not None else None
+    # Distillation: alpha * KL + (1 - alpha) * CE, and KL alone for teacher-only rows (no label).
+    kl_weight = torch.as_tensor(np.where(part.targets.sum(1) > 0, d.alpha, 1.0), dtype=torch.float32, device=device)
+    steps_per_epoch = max(1, len(part) // p.batch_size) // p.accumulate or 1
     total = p.epochs * steps_per_epoch
     warmup = int(p.warmup_epochs * steps_per_epoch)
     lr = p.lr * (p.batch_size * p.accumulate / p.lr_base_batch if p.lr_base_batch else 1.0)
     amp = autocast_dtype(p.amp, device)
-    on_device = p.gpu_augment == "always" or (p.gpu_augment == "auto" and gpu_augment.fits(array, device, p.gpu_cache_fraction))
+    on_device = p.gpu_augment == "always" or (p.gpu_augment == "auto" and gpu_augment.fits(pixels, device, p.gpu_cache_fraction))
     if on_device and data["gpu_recipe"] is None:
         raise StageError("train.gpu_augment: augment/gpu_augment.json is missing; rerun `pipeline augment`")
-    device_batches = gpu_augment.DeviceBatches(array, train_rows, targets, data["gpu_recipe"], data["norm"], device) if on_device else None
+    device_batches = gpu_augment.DeviceBatches(pixels, part.rows, part.labels, data["gpu_recipe"], data["norm"], device) if on_device else None
 
-    model = create_model(p, num_classes, array.shape[3]).to(device)
+    model = create_model(p, num_classes, pixels.shape[3]).to(device)
     if p.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay, momentum=p.momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     ema = ModelEmaV3(model, decay=p.ema, use_warmup=True) if p.ema > 0 else None
-    mixup = Mixup(mixup_alpha=p.mixup, cutmix_alpha=p.cutmix, prob=p.mix_prob, label_smoothing=p.label_smoothing, num_classes=num_classes) if p.mixup or p.cutmix else None
-    cw = losses.class_weights(targets, num_classes, p.class_weights)
+    mixup = Mixup(mixup_alpha=p.mixup, cutmix_alpha=p.cutmix, prob=p.mix_prob, label_smoothing=0.0) if p.mixup or p.cutmix else None
+    cw = losses.class_weights(part.labels, num_classes, p.class_weights)
     cw = torch.tensor(cw, dtype=torch.float32, device=device) if cw is not None else None
     forward = torch.compile(model) if p.compile and device.type == "cuda" else model
     schedule.plot(fold_dir / "lr_schedule.png", total, warmup, lr, p, steps_per_epoch)
 
-    meta = {"model": p.model, "classes": data["classes"], "in_chans": int(array.shape[3]), "norm": data["norm"],
-            "params": p.model_dump(mode="json"), "fold": fold}
+    meta = {"model": p.model, "classes": data["classes"], "in_chans": int(pixels.shape[3]), "norm": data["norm"],
+            "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold}
     history, best, best_probs, start_epoch, stale = [], None, None, 0, 0
     last = checkpoint.load(fold_dir / "last.pt")
     same = lambda a, b: {k: v for k, v in a.items() if k != "fold"} == {k: v for k, v in b.items() if k != "fold"}  # noqa: E731
-    if last is not None and same(last["params"], meta["params"]) and last.get("seed") == params.seed:
+    data_key = part.fingerprint()
+    if last is not None and same(last["params"], meta["params"]) and last.get("distill") == meta["distill"] \
+            and last.get("seed") == params.seed and last.get("data") == data_key:
         model.load_state_dict(last["state_dict"])
         optimizer.load_state_dict(last["optimizer"])
         scaler.load_state_dict(last["scaler"])
@@ -108,16 +114,15 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
         best_probs = last["best_probs"]
         console.print(f"fold {fold}: resuming after epoch {last['epoch']} from {fold_dir / 'last.pt'}")
     elif last is not None:
-        console.print(f"fold {fold}: {fold_dir / 'last.pt'} is from other params; starting over")
+        console.print(f"fold {fold}: {fold_dir / 'last.pt'} is from other params or data; starting over")
 
-    scores = None
+    difficulty = None
     if p.curriculum and start_epoch < p.epochs:
-        ids = np.concatenate([data["ids"][train_idx], data["ids"][data["extra_src"][extra_idx]]]) if len(extra_idx) else data["ids"][train_idx]
-        scores = curriculum.difficulty(p.curriculum_score, array=array, rows=train_rows, targets=targets, ids=ids, norm=data["norm"],
+        difficulty = curriculum.difficulty(p.curriculum_score, array=pixels, rows=part.rows, targets=part.labels, ids=part.ids, norm=data["norm"],
                                        p=p, classes=data["classes"], device=device, seed=seed)
         seed_everything(seed)
-    sampler = EpochSampler(len(train_rows))
-    drop_last = len(train_rows) >= p.batch_size
+    sampler = EpochSampler(len(part))
+    drop_last = len(part) >= p.batch_size
     cpu_loader = None if device_batches is not None else loader(dataset, sampler, p.batch_size, p.workers, device.type == "cuda", drop_last, seed)
     step = start_epoch * steps_per_epoch
     with progress_bar() as bar:
@@ -131,8 +136,8 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                 dataset.transform.set_random_seed(seed * 100003 + epoch)
             frozen = apply_freezing(model, p, epoch)
             fraction = curriculum.pool_fraction(epoch, p)
-            chosen = curriculum.pool(scores, fraction) if scores is not None else None
-            order = epoch_order(len(train_rows), epoch, seed, probs_draw, chosen)
+            chosen = curriculum.pool(difficulty, fraction) if difficulty is not None else None
+            order = epoch_order(len(part), epoch, seed, probs_draw, chosen)
             if device_batches is not None:
                 batches = device_batches.epoch(order, p.batch_size, drop_last, seed * 100003 + epoch)
             else:
@@ -142,18 +147,21 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
             model.train()
             optimizer.zero_grad(set_to_none=True)  # accumulation never carries a partial step across epochs
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-            for i, (x, y, idx) in enumerate(batches):
-                y = y.to(device)
+            for i, (x, _, idx) in enumerate(batches):
                 if p.channels_last and device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
+                idx = idx.to(device)
+                target, taught, klw = soft[idx], teacher[idx] if teacher is not None else None, kl_weight[idx]
                 if mixing and len(x) % 2 == 0:
-                    x, target = mixup(x, y)
-                else:
-                    target = losses.soft_targets(y, num_classes, p.label_smoothing)
-                w = torch.as_tensor(weights[idx.numpy()], dtype=torch.float32, device=device)
+                    x, mix = losses.mixing_matrix(mixup, x)
+                    target, klw = mix @ target, mix @ klw
+                    taught = mix @ taught if taught is not None else None
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = forward(x)
-                per_sample = losses.per_sample_loss(logits, target, cw, p.focal_gamma if p.loss == "focal" else 0.0)
+                per_sample = losses.per_sample_loss(logits, losses.smooth(target, p.label_smoothing), cw, p.focal_gamma if p.loss == "focal" else 0.0)
+                if taught is not None:
+                    per_sample = klw * distill.kl_per_sample(logits, taught, d.temperature) + (1 - d.alpha) * per_sample
+                w = weights[idx]
                 loss = (per_sample * w).sum() / w.sum()
                 if p.l1:
                     loss = loss + p.l1 * sum(q.abs().sum() for q in model.parameters() if q.ndim > 1 and q.requires_grad)
@@ -173,13 +181,13 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                     step += 1
                     if ema is not None:
                         ema.update(model, step=step)
-                seen += len(y)
-                loss_sum += loss.item() * len(y)
+                seen += len(x)
+                loss_sum += loss.item() * len(x)
                 bar.update(task, info=f"loss {loss_sum / seen:.3f}  {seen / (time.perf_counter() - t0):.0f} img/s")
             train_seconds = time.perf_counter() - t0
             evaluated = ema.module if ema is not None else model
-            probs = predict(evaluated, array, data["rows"][val_idx], data["norm"], device, p.eval_batch_size, amp)
-            y_val = data["targets"][val_idx]
+            probs = predict(evaluated, pixels, rows.rows[val_idx], data["norm"], device, p.eval_batch_size, amp)
+            y_val = rows.labels[val_idx]
             scores = metrics.compute(y_val, probs)
             row = {"epoch": epoch, "lr": schedule.lr_at(max(0, step - 1), total, warmup, lr, p, steps_per_epoch),
                    "train_loss": loss_sum / max(1, seen), "val_loss": scores["log_loss"],
@@ -196,7 +204,7 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                 stale += 1
             checkpoint.save(fold_dir / "last.pt", {**state, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                                    "history": history, "best": best, "best_probs": best_probs, "stale": stale,
-                                                   "seed": params.seed})
+                                                   "seed": params.seed, "data": data_key})
             write_metrics(fold_dir / "metrics.csv", history)
             bar.update(task, advance=1, info=f"{p.metric} {scores[p.metric]:.4f} (best {best:.4f})")
     return best_probs

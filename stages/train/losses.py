@@ -18,9 +18,18 @@ def class_weights(targets: np.ndarray, num_classes: int, kind: str) -> np.ndarra
     return w / (w[targets].mean())
 
 
-def soft_targets(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
-    off = smoothing / num_classes
-    return torch.full((len(targets), num_classes), off, device=targets.device).scatter_(1, targets[:, None], 1 - smoothing + off)
+def smooth(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label smoothing of probability targets; an all-zero target (a teacher-only row) stays zero."""
+    return targets * (1 - smoothing) + smoothing / targets.shape[1] * targets.sum(1, keepdim=True)
+
+
+def mixing_matrix(mixup, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix the batch images with timm's Mixup and return (images, M), M the (B, B) matrix that mixes
+    any per-row vectors the same way (M @ targets): timm mixes one-hot integer labels, so mixing the
+    labels 0..B-1 of B classes yields M itself. Soft pseudo targets and teacher probabilities then mix
+    exactly like the images."""
+    mixup.num_classes = len(x)  # built with label_smoothing=0; smooth() smooths the mixed targets
+    return mixup(x, torch.arange(len(x), device=x.device))
 
 
 def per_sample_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, gamma: float = 0.0) -> torch.Tensor:

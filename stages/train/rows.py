@@ -1,0 +1,93 @@
+"""What may train, as one table: the labelled images, their offline-augmented copies, pseudo-labelled
+test images and teacher-taught test images (distillation).
+
+One rule decides a fold's training part: a row trains fold k unless its dedup cluster holds one of
+fold k's validation images. For labelled images that is the fold split itself (folds are grouped by
+cluster); for the extra rows it keeps copies of a validation image (its augmented copies, a test
+duplicate carrying a pseudo-label) out of training, so CV stays honest. Only labelled images validate.
+
+Pixels come from several uint8 arrays (the train cache, augment's expanded copies, the test cache);
+RowStack reads them as one without copying the memory-mapped cache into memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+
+@dataclass
+class Rows:
+    ids: np.ndarray  # image id (a test id for pseudo and teacher rows)
+    rows: np.ndarray  # row of the RowStack
+    labels: np.ndarray  # int class for sampling, class weights and curriculum (argmax of a soft target)
+    targets: np.ndarray  # (N, K) float32 training target: one-hot, pseudo probabilities, or zeros (teacher only)
+    weights: np.ndarray  # (N,) float32 sample weight
+    clusters: np.ndarray  # dedup cluster, as str
+    fold: np.ndarray  # validation fold of a labelled image; -1 for extra rows, which never validate
+    teacher: np.ndarray | None = None  # (N, K) teacher probabilities when distilling
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: np.ndarray) -> "Rows":
+        return Rows(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index] for f in fields(self)})
+
+    def fold_split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) positions for one fold, by the cluster rule in the module docstring."""
+        val = np.where(self.fold == fold)[0]
+        return np.where(~np.isin(self.clusters, self.clusters[val]))[0], val
+
+    def fingerprint(self) -> str:
+        """Identifies the training data, so a checkpoint is only resumed on the data it was trained on."""
+        h = hashlib.sha1("\n".join(map(str, self.ids)).encode())
+        for a in (self.targets, self.weights, self.teacher):
+            if a is not None:
+                h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+        return h.hexdigest()
+
+
+def concat(parts: list[Rows]) -> Rows:
+    with_teacher = [p.teacher is not None for p in parts]
+    assert all(with_teacher) or not any(with_teacher), "teacher targets for some parts only"
+    return Rows(**{f.name: None if not all(with_teacher) and f.name == "teacher"
+                   else np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Rows)})
+
+
+def extra_rows(ids, rows, targets: np.ndarray, weights, clusters, labelled: bool = True) -> Rows:
+    """Rows that only ever train. Teacher-only rows (labelled=False) have an all-zero target: their
+    class for sampling is filled in from the teacher by the caller."""
+    targets = np.asarray(targets, dtype=np.float32)
+    return Rows(ids=np.asarray(ids), rows=np.asarray(rows, dtype=np.int64), labels=targets.argmax(1) if labelled else np.zeros(len(targets), int),
+                targets=targets if labelled else np.zeros_like(targets), weights=np.asarray(weights, dtype=np.float32),
+                clusters=np.asarray(clusters).astype(str), fold=np.full(len(targets), -1))
+
+
+class RowStack:
+    """Several (N, H, W, C) uint8 arrays indexed as one, rows of later arrays following the earlier."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])  # empty parts are fine: searchsorted skips them
+        self.shape = (int(self.starts[-1]), *self.parts[0].shape[1:])
+        self.dtype = self.parts[0].dtype
+        self.nbytes = sum(p.nbytes for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if np.ndim(index) == 0:
+            k = int(np.searchsorted(self.starts, index, side="right")) - 1
+            return self.parts[k][int(index) - self.starts[k]]
+        index = np.asarray(index)
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        which = np.searchsorted(self.starts, index, side="right") - 1
+        for k in np.unique(which):
+            at = np.where(which == k)[0]
+            local = index[at] - self.starts[k]
+            order = np.argsort(local, kind="stable")  # memory maps read fastest in row order
+            out[at[order]] = self.parts[k][local[order]]
+        return out
