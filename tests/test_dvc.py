@@ -37,6 +37,9 @@ def test_dvc_repro_matches_pipeline_semantics(tmp_path):
     assert ran(repro(tmp_path)) == ["preprocess", "dedup", "augment", "train", "predict"]
     assert (tmp_path / "artifacts" / "predict" / "submission.csv").is_file()
     assert ran(repro(tmp_path)) == []
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    metrics = subprocess.run([DVC, "metrics", "show"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert metrics.returncode == 0 and "oof_accuracy" in metrics.stdout, metrics.stdout + metrics.stderr
 
     params["train"]["weight_decay"] = 0.01
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 
-def fits(array: np.ndarray, device: torch.device, fraction: float) -> bool:
-    """auto: use the device path when the cache takes at most `fraction` of the free GPU memory."""
+def fits(nbytes: int, device: torch.device, fraction: float) -> bool:
+    """auto: use the device path when the training rows take at most `fraction` of the free GPU memory."""
     if device.type != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    return array.nbytes <= fraction * free
+    return nbytes <= fraction * free
 
 
 def _uniform(n, lo, hi, g, device):
@@ -82,7 +82,7 @@ class DeviceBatches:
     normalised, as (x, y, idx) like the CPU loader yields after to_input."""
 
     def __init__(self, array: np.ndarray, rows: np.ndarray, targets: np.ndarray, recipe: dict, norm: dict, device: torch.device):
-        self.images = torch.from_numpy(np.ascontiguousarray(np.asarray(array)[rows])).permute(0, 3, 1, 2).to(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(array[rows])).permute(0, 3, 1, 2).to(device)
         self.targets = torch.as_tensor(targets, device=device)
         self.recipe, self.device = recipe, device
         self.mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1) * 255

@@ -80,7 +80,7 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     warmup = int(p.warmup_epochs * steps_per_epoch)
     lr = p.lr * (p.batch_size * p.accumulate / p.lr_base_batch if p.lr_base_batch else 1.0)
     amp = autocast_dtype(p.amp, device)
-    on_device = p.gpu_augment == "always" or (p.gpu_augment == "auto" and gpu_augment.fits(pixels, device, p.gpu_cache_fraction))
+    on_device = p.gpu_augment == "always" or (p.gpu_augment == "auto" and gpu_augment.fits(len(part) * pixels[0].nbytes, device, p.gpu_cache_fraction))
     if on_device and data["gpu_recipe"] is None:
         raise StageError("train.gpu_augment: augment/gpu_augment.json is missing; rerun `pipeline augment`")
     device_batches = gpu_augment.DeviceBatches(pixels, part.rows, part.labels, data["gpu_recipe"], data["norm"], device) if on_device else None
