@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import read_json
+from pipeline.runner import StageError
 
 
 def read_index(preprocess_dir: Path) -> pd.DataFrame:
@@ -24,3 +25,15 @@ def read_classes(preprocess_dir: Path) -> list[str]:
 
 def read_clusters(dedup_dir: Path) -> pd.DataFrame:
     return pd.read_csv(Path(dedup_dir) / "clusters.csv", dtype={"id": str}, keep_default_na=False)
+
+
+def read_probs(path: Path, classes: list[str], missing_hint: str) -> pd.DataFrame:
+    """A table with an id column and one p_<class> column per class in classes.json order (oof.csv,
+    probs.csv, pseudo.csv): checked, so no probability is ever read against the wrong class."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"{path} not found: {missing_hint}")
+    table = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+    if [c for c in table.columns if c.startswith("p_")] != [f"p_{c}" for c in classes]:
+        raise StageError(f"{path}: probability columns do not match the cache's classes {classes[:5]}...")
+    return table

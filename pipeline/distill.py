@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from pipeline.cache import read_probs
 from pipeline.runner import StageError
 
 NO_LABEL = -1  # hard target of a row taught only by the teacher (a test image)
@@ -65,31 +66,24 @@ class Teacher:
 
     def train_targets(self, ids) -> np.ndarray:
         """(N, K) teacher probabilities for train ids; every id must have an out-of-fold prediction."""
-        missing = [i for i in ids if i not in self.train.index]
-        if missing:
-            raise StageError(f"distill.teacher has no out-of-fold prediction for {len(missing)} train images "
-                             f"(first: {', '.join(map(str, missing[:5]))}); was it trained on this data with every fold?")
-        return self.train.loc[list(ids)].to_numpy(dtype=np.float32)
+        return _lookup(self.train, ids, "out-of-fold prediction for {n} train images", "was it trained on this data with every fold?")
 
     def test_targets(self, ids) -> np.ndarray:
         """(N, K) teacher probabilities for test ids (from its predict/probs.csv)."""
-        missing = [i for i in ids if i not in self.test.index]
-        if missing:
-            raise StageError(f"distill.teacher has no test prediction for {len(missing)} test images "
-                             f"(first: {', '.join(map(str, missing[:5]))}); was its predict run on this data?")
-        return self.test.loc[list(ids)].to_numpy(dtype=np.float32)
+        return _lookup(self.test, ids, "test prediction for {n} test images", "was its predict run on this data?")
+
+
+def _lookup(frame: pd.DataFrame, ids, what: str, hint: str) -> np.ndarray:
+    missing = [i for i in ids if i not in frame.index]
+    if missing:
+        raise StageError(f"distill.teacher has no {what.format(n=len(missing))} (first: {', '.join(map(str, missing[:5]))}); {hint}")
+    return frame.loc[list(ids)].to_numpy(dtype=np.float32)
 
 
 def load_teacher(workdir: Path, classes: list[str]) -> Teacher:
     """The teacher workdir's predict/oof.csv and predict/probs.csv, checked against classes.json order."""
     columns = [f"p_{c}" for c in classes]
-    frames = []
-    for name in ("oof.csv", "probs.csv"):
-        path = Path(workdir).expanduser() / "predict" / name
-        if not path.is_file():
-            raise StageError(f"distill.teacher: {path} not found (run `pipeline predict` in the teacher workdir)")
-        frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False).set_index("id")
-        if [c for c in frame.columns if c.startswith("p_")] != columns:
-            raise StageError(f"distill.teacher: {path} columns do not match the classes {classes[:5]}...")
-        frames.append(frame[columns])
+    predict = Path(workdir).expanduser() / "predict"
+    hint = "distill.teacher must be a finished workdir (run `pipeline predict` there)"
+    frames = [read_probs(predict / name, classes, hint).set_index("id")[columns] for name in ("oof.csv", "probs.csv")]
     return Teacher(train=frames[0], test=frames[1])

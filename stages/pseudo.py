@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_path, write_csv, write_json
-from pipeline.cache import read_classes, read_clusters, read_index
+from pipeline.cache import read_classes, read_clusters, read_index, read_probs
 from pipeline.params import Params, PseudoParams
 from pipeline.runner import StageError
 
@@ -54,13 +54,8 @@ def run(params: Params, paths) -> dict:
     p = params.pseudo
     pre = paths["preprocess"]
     classes = read_classes(pre)
-    probs_path = paths["predict"] / "probs.csv"
-    if not probs_path.is_file():
-        raise StageError(f"{probs_path} not found: run `pipeline predict` first")
-    predictions = pd.read_csv(probs_path, dtype={"id": str}, keep_default_na=False)
+    predictions = read_probs(paths["predict"] / "probs.csv", classes, "run `pipeline predict` first")
     columns = [f"p_{c}" for c in classes]
-    if [c for c in predictions.columns if c.startswith("p_")] != columns:
-        raise StageError(f"{probs_path}: probability columns do not match the cache's classes {classes[:5]}...")
 
     test = read_index(pre).query("split == 'test'").set_index("id")
     clusters = read_clusters(paths["dedup"])
@@ -143,13 +138,8 @@ class PseudoRows:
 
 def load_pseudo_rows(pseudo_dir: Path, classes: list[str]) -> PseudoRows:
     """Read pseudo/pseudo.csv; the class columns must match the cache's classes.json order."""
-    path = Path(pseudo_dir) / "pseudo.csv"
-    if not path.is_file():
-        raise StageError(f"{path} not found: run `pipeline pseudo` first")
-    table = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+    table = read_probs(Path(pseudo_dir) / "pseudo.csv", classes, "run `pipeline pseudo` first")
     columns = [f"p_{c}" for c in classes]
-    if [c for c in table.columns if c.startswith("p_")] != columns:
-        raise StageError(f"{path}: target columns do not match the cache's classes {classes[:5]}...")
     return PseudoRows(
         ids=table.id.to_numpy(),
         rows=table.row.to_numpy(dtype=np.int64),

@@ -17,6 +17,7 @@ import timm
 import torch
 from scipy.optimize import minimize
 
+from pipeline.cache import read_probs
 from pipeline.runner import StageError
 from stages.predict.tta import View, apply_views
 from stages.train import to_input
@@ -111,11 +112,4 @@ def fit_weights(run_probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
 
 
 def read_oof(run_dir: Path, classes: list[str]) -> pd.DataFrame:
-    path = run_dir / "oof.csv"
-    if not path.is_file():
-        raise StageError(f"{path} not found: predict needs the run's out-of-fold predictions (is the train run complete?)")
-    oof = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
-    wanted = [f"p_{c}" for c in classes]
-    if [c for c in oof.columns if c.startswith("p_")] != wanted:
-        raise StageError(f"{path}: probability columns do not match this cache's classes {classes[:5]}...")
-    return oof
+    return read_probs(run_dir / "oof.csv", classes, "predict needs the run's out-of-fold predictions (is the train run complete?)")
