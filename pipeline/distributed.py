@@ -134,10 +134,11 @@ class Share:
         return w.sum() if self.batch_weight is None else float(self.batch_weight[i])
 
 
-def rank_share(order: np.ndarray, batch_size: int, drop_last: bool, weights: np.ndarray) -> Share:
-    """The epoch's global `order` cut for this rank. With drop_last the order is first cut to whole
-    global batches, so the ranks' local batches j together are exactly global batch j."""
-    w = world()
+def rank_share(order: np.ndarray, batch_size: int, drop_last: bool, weights: np.ndarray, w: World | None = None) -> Share:
+    """The epoch's global `order` cut for this rank (of `w`, default the running world). With drop_last
+    the order is first cut to whole global batches, so the ranks' local batches j together are exactly
+    global batch j."""
+    w = w or world()
     if w.size == 1:
         return Share(np.asarray(order), None)
     order = np.asarray(order)
@@ -145,7 +146,7 @@ def rank_share(order: np.ndarray, batch_size: int, drop_last: bool, weights: np.
         order = order[: len(order) // batch_size * batch_size]
     padded = np.resize(order, -(-len(order) // w.size) * w.size)
     sums = np.array([weights[padded[s : s + batch_size]].sum() for s in range(0, len(padded), batch_size)])
-    return Share(padded[w.rank :: w.size], sums / w.size)
+    return Share(shard(padded, w.rank, w.size), sums / w.size)
 
 
 def rank_seed(seed: int) -> int:
