@@ -70,14 +70,36 @@ def staged_dir(final: Path, keep_partial: bool = False) -> Iterator[Path]:
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     yield partial
+    replace_dir(partial, final)
+
+
+def replace_dir(src: Path, final: Path) -> None:
+    """Put the finished folder `src` at `final`, replacing what was there, with renames only."""
+    src, final = Path(src), Path(final)
     old = final.parent / f".{final.name}.old"
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
         os.replace(final, old)
-    os.replace(partial, final)
+    os.replace(src, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder` between processes (fcntl.flock on its hidden `.lock` file), for
+    read-modify-write steps that concurrent jobs share, like train's summary of the finished folds."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def hash_bytes(data: bytes) -> str:

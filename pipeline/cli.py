@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from pipeline.console import console
 from pipeline.data import DataError
@@ -25,7 +26,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="overri
 
 
 def _fail(message: str, code: int) -> None:
-    console.print(f"[red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)  # a message may hold [brackets]
     raise typer.Exit(code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Iterator, TypeVar
 
 from rich.console import Console
@@ -24,6 +25,7 @@ def progress_bar(transient: bool = False) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=transient,
+        disable=os.environ.get("RANK", "0") != "0",  # under torchrun one bar, rank 0's, not one per process
     )
 
 

@@ -122,7 +122,7 @@ class TrainParams(Section):
     fold: int | None = Field(ge=0)  # train only this fold (one job per GPU/node); None: all folds
     # Optimisation.
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)  # per step; the effective batch is batch_size * accumulate
+    batch_size: int = Field(ge=1)  # global batch per micro-step, over all torchrun processes (each takes batch_size / world size)
     accumulate: int = Field(ge=1)  # gradient accumulation steps
     lr: float = Field(gt=0.0)  # peak learning rate (for lr_base_batch images per step when that is set)
     lr_base_batch: int | None = Field(ge=1)  # scale lr linearly by effective batch / this; None: use lr as is
@@ -178,6 +178,9 @@ class TrainParams(Section):
     patience: int = Field(ge=0)  # stop a fold after N epochs without improvement (0: never)
     metric: Literal["accuracy", "macro_f1", "log_loss"]  # selects the best checkpoint and reports cv
     eval_batch_size: int = Field(ge=1)
+    # Distributed (torchrun): one process per GPU, DDP.
+    sync_bn: bool  # SyncBatchNorm across processes (CUDA only; BatchNorm statistics of the global batch)
+    dist_timeout: float = Field(gt=0.0)  # seconds a collective waits for the other ranks before the run fails
 
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "shift", "scale", "crops")

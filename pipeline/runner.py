@@ -4,6 +4,11 @@ Each stage records `lock.json` in its output folder: the params sections it read
 its inputs (upstream outputs by content hash, the raw data folder by names/sizes/mtimes or content),
 the content hashes of its own outputs, the package version and the times. A stage is fresh when all of
 that still matches; `status` says which part does not.
+
+train is written fold by fold (its fold<k>/ folders are its atomic units, so `--fold K` jobs can share a
+workdir): its lock records the finished folds, its params leave out train.fold (which folds a job runs
+does not change what they are), and a lock missing folds that params ask for is stale ("folds 1,3
+missing"). Under torchrun, rank 0 alone writes locks and outputs; stages other than train run on rank 0.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
-from pipeline.artifacts import fingerprint, hash_data, hash_file, list_files, read_json, staged_dir, write_json, write_yaml
+from pipeline import __version__, distributed
+from pipeline.artifacts import fingerprint, folder_lock, hash_data, hash_file, list_files, read_json, staged_dir, write_json, write_yaml
 from pipeline.console import console, summary
 from pipeline.params import Params, section
 
@@ -34,7 +39,7 @@ class Stage:
     name: str  # its folder under the workdir: "train", or "round1/train" for a pseudo-label round
     sections: tuple[str, ...]  # params sections (or top-level keys) the stage reads
     deps: tuple[str, ...]  # folders of the upstream stages whose outputs it reads
-    keep_partial: bool = False  # resume from the partial output of a killed run (train)
+    per_fold: bool = False  # train: written in place fold by fold (fold jobs run concurrently; a killed fold resumes)
 
     @property
     def kind(self) -> str:
@@ -49,7 +54,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("preprocess", ("data", "preprocess"), ()),
     Stage("dedup", ("dedup",), ("preprocess",)),
     Stage("augment", ("seed", "augment"), ("preprocess",)),
-    Stage("train", ("seed", "train", "distill"), ("preprocess", "dedup", "augment"), keep_partial=True),
+    Stage("train", ("seed", "train", "distill"), ("preprocess", "dedup", "augment"), per_fold=True),
     Stage("predict", ("predict",), ("preprocess", "dedup", "train")),
 )
 PSEUDO = Stage("pseudo", ("pseudo",), ("preprocess", "dedup", "predict"))
@@ -69,7 +74,7 @@ def stages_for(params: Params) -> tuple[Stage, ...]:
         prev, cur = round_prefix(k - 1), round_prefix(k)
         stages += [
             Stage(f"{prev}pseudo", ("pseudo",), ("preprocess", "dedup", f"{prev}predict")),
-            Stage(f"{cur}train", ("seed", "train", "distill"), ("preprocess", "dedup", "augment", f"{prev}pseudo"), keep_partial=True),
+            Stage(f"{cur}train", ("seed", "train", "distill"), ("preprocess", "dedup", "augment", f"{prev}pseudo"), per_fold=True),
             Stage(f"{cur}predict", ("predict",), ("preprocess", "dedup", f"{cur}train")),
         ]
     return tuple(stages)
@@ -82,6 +87,7 @@ class StagePaths:
 
     out: Path
     inputs: dict[str, Path]
+    key: str = ""  # hash of the stage's params and input fingerprints: tells a per-fold stage's folds apart
 
     def __getitem__(self, name: str) -> Path:
         return self.inputs[name]
@@ -117,8 +123,27 @@ def _deps(stage: Stage, params: Params) -> tuple[str, ...]:
     return stage.deps
 
 
+HOW_NOT_WHAT = {"train": ("fold", "dist_timeout")}  # keys that choose how a stage runs, not its result
+
+
 def _params_of(stage: Stage, params: Params) -> dict[str, Any]:
-    return {name: section(params, name) for name in stage.sections}
+    out = {name: section(params, name) for name in stage.sections}
+    for name, keys in HOW_NOT_WHAT.items():
+        if name in out:
+            out[name] = {k: v for k, v in out[name].items() if k not in keys}
+    return out
+
+
+def finished_folds(folder: Path) -> list[int]:
+    """The fold<k>/ folders a per-fold stage finished (fold.json is written last, before the rename)."""
+    return sorted(int(d.parent.name[4:]) for d in Path(folder).glob("fold*/fold.json") if d.parent.name[4:].isdigit())
+
+
+def _missing_folds(stage: Stage, params: Params, lock: dict) -> list[int]:
+    if not stage.per_fold:
+        return []
+    wanted = range(params.train.folds) if params.train.fold is None else [params.train.fold]
+    return [k for k in wanted if k not in lock.get("folds", [])]
 
 
 def _outs(folder: Path) -> dict[str, dict]:
@@ -160,6 +185,9 @@ def stage_status(stage: Stage, params: Params, workdir: Path, stale_upstream: se
         st = (workdir / stage.name / rel).stat()
         if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]):
             return "stale", f"output {rel} modified since the run"
+    missing = _missing_folds(stage, params, lock)
+    if missing:
+        return "stale", f"folds {','.join(map(str, missing))} missing (run `pipeline train --fold K` for each, or `pipeline train`)"
     return "fresh", "params, inputs and outputs unchanged"
 
 
@@ -174,20 +202,37 @@ def statuses(params: Params, workdir: Path) -> list[tuple[str, str, str]]:
 
 
 def run_stage(stage: Stage, params: Params, workdir: Path) -> dict:
-    """Run one stage into a temporary folder, record its lock, then swap the folder into place."""
+    """Run one stage into a temporary folder (per-fold stages: in place, fold by fold), record its lock,
+    then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank."""
     for dep in stage.deps:
         if not (workdir / dep / LOCK).is_file():
             command = f"pipeline {dep}" if dep in BY_NAME else "pipeline run"  # round<k>/ stages run from `run`
             raise StageError(f"{stage.name} needs the output of {dep}, which is missing: run `{command}` first")
+    world = distributed.from_env()
+    if world.size > 1 and stage.kind != "train":
+        if not world.main:
+            return {}
+        console.print(f"{stage.name} is single-process: rank 0 runs it, the other {world.size - 1} processes exit")
     deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _deps(stage, params)}
     # A stage reads its upstream folders by role: round1/train finds round1/... as paths["predict"] etc.
     inputs = {dep.rsplit("/", 1)[-1]: (data_root(params) if dep == "data" else workdir / dep)
               for dep in _deps(stage, params) if not dep.startswith(EXTERNAL)}
+    key = hash_data({"params": _params_of(stage, params), "deps": deps})
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    console.rule(f"[bold]{stage.name}")
-    with staged_dir(workdir / stage.name, keep_partial=stage.keep_partial) as out:
-        result = stage.module().run(params, StagePaths(out=out, inputs=inputs)) or {}
+    if world.main:
+        console.rule(f"[bold]{stage.name}")
+    if stage.per_fold:  # every rank computes in the same folder; its writers lock what they share
+        folder = workdir / stage.name
+        if world.main:
+            folder.mkdir(parents=True, exist_ok=True)
+        result = stage.module().run(params, StagePaths(out=folder, inputs=inputs, key=key)) or {}
+        if not world.main:
+            return result
+    with (folder_lock(folder) if stage.per_fold else staged_dir(workdir / stage.name)) as staged:
+        out = folder if stage.per_fold else staged
+        if not stage.per_fold:
+            result = stage.module().run(params, StagePaths(out=out, inputs=inputs, key=key)) or {}
         write_yaml(out / RESOLVED, _params_of(stage, params))
         outs = _outs(out)
         write_json(
@@ -199,6 +244,7 @@ def run_stage(stage: Stage, params: Params, workdir: Path) -> dict:
                 "deps": deps,
                 "outs": outs,
                 "outs_hash": hash_data({rel: rec["hash"] for rel, rec in outs.items()}),
+                **({"folds": finished_folds(out)} if stage.per_fold else {}),
                 "version": __version__,
                 "started": started,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -212,6 +258,9 @@ def run_stage(stage: Stage, params: Params, workdir: Path) -> dict:
 
 def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
     """Run every stale stage in order; return the names of those that ran."""
+    if distributed.from_env().size > 1:
+        raise StageError("`pipeline run` is single-process: under torchrun launch `pipeline train`, then run "
+                         "`pipeline run` or `pipeline predict` without torchrun (docs/distributed.md)")
     ran = []
     for stage in stages_for(params):
         # Upstream stages already ran, so their new locks decide (an identical output reruns nothing).

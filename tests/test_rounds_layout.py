@@ -14,7 +14,7 @@ def test_stages_for_maps_rounds_to_folders(tmp_path):
     assert stages["round1/train"].deps == ("preprocess", "dedup", "augment", "pseudo") and stages["round1/train"].kind == "train"
     assert stages["round2/train"].deps[-1] == "round1/pseudo"
     assert stages["round1/pseudo"].deps[-1] == "round1/predict" and stages["round1/pseudo"].kind == "pseudo"
-    assert stages["round2/predict"].deps[-1] == "round2/train" and stages["round2/train"].keep_partial
+    assert stages["round2/predict"].deps[-1] == "round2/train" and stages["round2/train"].per_fold
     assert final_predict_dir(tmp_path, 2) == tmp_path / "round2" / "predict"
 
 

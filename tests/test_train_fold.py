@@ -108,7 +108,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(inputs, t
     monkeypatch.setattr(loop.losses, "per_sample_loss", poisoned)
     with pytest.raises(StageError, match="loss is nan at epoch 1"):
         run(inputs, tmp_path / "nan", extra)
-    last = torch.load(tmp_path / "nan" / "fold0" / "last.pt", weights_only=False)
+    last = torch.load(tmp_path / "nan" / ".partial" / "fold0" / "last.pt", weights_only=False)  # an unfinished fold stays in .partial/
     assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
 
 

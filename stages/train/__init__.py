@@ -4,26 +4,38 @@ Modules: folds (grouped stratified folds), schedule (lr per step), losses (CE/fo
 curriculum (difficulty and pacing), model (timm model, local pretrained weights, freezing, param groups), data (dataset, per-epoch sample
 order, loaders), device (device, normalisation, AMP), checkpoint, metrics, plots, loop (one fold).
 
-Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png}, oof.csv, cv.json,
-confusion.png. `resolve_device` and `to_input` are re-exported for predict.
+Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png,oof.csv,fold.json}, oof.csv,
+cv.json, confusion.png. `resolve_device` and `to_input` are re-exported for predict.
+
+Each fold is its own atomic unit, so `--fold K` jobs can run concurrently in one workdir: a fold trains
+in .partial/fold<k>/ (a killed fold resumes from its last.pt there) and is renamed to fold<k>/ when it
+finishes. The stage-level oof.csv, cv.json and confusion.png are then recomputed, under a lock on the
+folder, from every finished fold trained with the same params and inputs (fold.json holds that key);
+finished folds with another key are from an older recipe and are removed, as a full rerun would.
+Under torchrun every rank trains and rank 0 alone writes (pipeline.distributed).
 """
 
 from __future__ import annotations
+
+import shutil
 
 import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.artifacts import read_json, write_csv, write_json
+from pipeline import distributed as ddp
+from pipeline.artifacts import folder_lock, read_json, replace_dir, write_csv, write_json
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
 from pipeline.console import console
 from pipeline.distill import load_teacher
 from pipeline.params import Params
-from pipeline.runner import StageError
+from pipeline.runner import StageError, finished_folds
 from stages.train.device import normalisation, resolve_device, to_input  # noqa: F401  (predict imports these)
 from stages.train.folds import assign_folds
 from stages.train.rows import RowStack, Rows, concat, extra_rows
+
+PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
 
 def check(params: Params) -> None:
@@ -95,46 +107,85 @@ def add_teacher(parts: dict, sources: dict, params: Params, index, clusters, cla
 
 
 def run(params: Params, paths) -> dict:
-    from stages.train import plots
     from stages.train.loop import train_fold
-    from stages.train.metrics import compute
 
     p = params.train
     check(params)
     data, train = load_data(params, paths)
-    device = resolve_device(p.device)
+    device = ddp.local_device(resolve_device(p.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = p.cudnn_benchmark
-    classes = data["classes"]
     folds = range(p.folds) if p.fold is None else [p.fold]
-    extra = ", ".join(f"+{n} {name}" for name, n in data["counts"].items() if name != "labelled" and n)
-    console.print(f"train: {p.model} on {device}, {len(train)} labelled images{' (' + extra + ' training-only rows)' if extra else ''}, "
-                  f"{len(classes)} classes, folds {list(folds)}")
-    oof, per_fold, speed, epochs = [], {}, [], {}
+    with ddp.session(p.dist_timeout, device) as world:
+        extra = ", ".join(f"+{n} {name}" for name, n in data["counts"].items() if name != "labelled" and n)
+        console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
+                      + f", {len(train)} labelled images" + (f" ({extra} training-only rows)" if extra else "")
+                      + f", {len(data['classes'])} classes, folds {list(folds)}")
+        for fold in folds:
+            probs = train_fold(fold, data, params, paths.out / PARTIAL, device)
+            if world.main:
+                finish_fold(fold, probs, data, train, params, paths)
+    if not world.main:
+        return {}
+    with folder_lock(paths.out):
+        return summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""))
+
+
+def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, params: Params, paths) -> None:
+    """The fold's OOF rows, curves and key beside its checkpoints, then the folder renamed into place."""
+    from stages.train import plots
+
+    partial = paths.out / PARTIAL / f"fold{fold}"
+    val = np.where(data["rows"].fold == fold)[0]  # labelled rows come first, in the order of `train`
+    frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in data["classes"]])
+    frame.insert(0, "fold", fold)
+    frame.insert(0, "label", train.label.to_numpy()[val])
+    frame.insert(0, "id", train.id.to_numpy()[val])
+    write_csv(partial / "oof.csv", frame)
+    plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
+    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", "")})
+    replace_dir(partial, paths.out / f"fold{fold}")
+
+
+def summarize(params: Params, paths, model: str) -> dict:
+    """oof.csv, cv.json and confusion.png from every finished fold of this recipe (call under the lock)."""
+    from stages.train import plots
+    from stages.train.metrics import compute
+
+    p, out = params.train, paths.out
+    key = getattr(paths, "key", "")
+    folds = []
+    for fold in finished_folds(out):
+        if read_json(out / f"fold{fold}" / "fold.json")["key"] == key:
+            folds.append(fold)
+        else:
+            console.print(f"[yellow]removed[/] {out / f'fold{fold}'}: trained with other params or inputs")
+            shutil.rmtree(out / f"fold{fold}")
+    classes = read_classes(paths["preprocess"])
+    oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False) for k in folds],
+                    ignore_index=True)
+    to_idx = {c: i for i, c in enumerate(classes)}
+    columns = [f"p_{c}" for c in classes]
+    per_fold, speed, epochs = {}, [], {}
     for fold in folds:
-        probs = train_fold(fold, data, params, paths.out, device)
-        val = np.where(data["rows"].fold == fold)[0]  # labelled rows come first, in the order of `train`
-        per_fold[fold] = compute(data["rows"].labels[val], probs)[p.metric]
-        frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
-        frame.insert(0, "fold", fold)
-        frame.insert(0, "label", train.label.to_numpy()[val])
-        frame.insert(0, "id", train.id.to_numpy()[val])
-        oof.append(frame)
-        history = pd.read_csv(paths.out / f"fold{fold}" / "metrics.csv")
-        plots.curves(history, p.metric, paths.out / f"fold{fold}" / "curves.png")
+        rows = oof[oof.fold == fold]
+        per_fold[fold] = compute(rows.label.map(to_idx).to_numpy(), rows[columns].to_numpy())[p.metric]
+        history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
         speed.append(float(history.images_per_s.median()))
         best_row = history[f"val_{p.metric}"].idxmin() if p.metric == "log_loss" else history[f"val_{p.metric}"].idxmax()
         epochs[fold] = f"{int(history.epoch[best_row])}/{len(history)}"
-    oof = pd.concat(oof, ignore_index=True)
-    write_csv(paths.out / "oof.csv", oof)
-    y = oof.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
-    probs = oof[[f"p_{c}" for c in classes]].to_numpy()
+    write_csv(out / "oof.csv", oof)
+    y = oof.label.map(to_idx).to_numpy()
+    probs = oof[columns].to_numpy()
     overall = compute(y, probs)
-    plots.confusion(y, probs.argmax(1), classes, paths.out / "confusion.png")
+    plots.confusion(y, probs.argmax(1), classes, out / "confusion.png")
     values = list(per_fold.values())
+    expected = range(p.folds) if p.fold is None else [p.fold]
+    missing = [k for k in range(p.folds) if k not in folds]
     cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
-          "per_fold": {str(k): v for k, v in per_fold.items()}, **{f"oof_{k}": v for k, v in overall.items()}}
-    write_json(paths.out / "cv.json", cv)
-    return {"model": f"{p.model} on {device}", "folds trained": len(per_fold), "best epoch / epochs run": epochs,
+          "per_fold": {str(k): v for k, v in per_fold.items()}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
+    write_json(out / "cv.json", cv)
+    return {"model": model, "folds trained": len(expected), "folds in the summary": folds,
+            "folds missing": ", ".join(map(str, missing)) or "none", "best epoch / epochs run": epochs,
             "train images/s (median epoch)": f"{np.mean(speed):.0f}", f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f}",
             "oof accuracy": overall["accuracy"], "oof macro-F1": overall["macro_f1"], "oof log-loss": overall["log_loss"]}

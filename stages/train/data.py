@@ -1,5 +1,5 @@
 """Training data: the cache rows of one fold, the per-epoch sample order (the one place sampling is
-decided: class balance, curriculum pool, and later the DDP shard), and the loaders."""
+decided: class balance, curriculum pool; the DDP shard is cut from it), and the loaders."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def sampling_weights(targets: np.ndarray, kind: str) -> np.ndarray | None:
 def epoch_order(n: int, epoch: int, seed: int, probs: np.ndarray | None, pool: np.ndarray | None = None) -> np.ndarray:
     """n sample indices for one epoch, a pure function of (seed, epoch): resume needs no sampler state.
     `pool` restricts the draw (curriculum; repeated to n so an epoch keeps its length); `probs` draws
-    with replacement by class balance. The DDP shard of this order is the one thing left to add here."""
+    with replacement by class balance. Under torchrun every rank draws this same global order and takes
+its share of it (pipeline.distributed.rank_share)."""
     rng = np.random.default_rng([seed, epoch])
     candidates = np.arange(n) if pool is None else np.asarray(pool)
     if probs is not None:

@@ -18,9 +18,10 @@ import torch
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
+from pipeline import distill
+from pipeline import distributed as ddp
 from pipeline.artifacts import write_csv
 from pipeline.console import console, progress_bar
-from pipeline import distill
 from pipeline.params import Params
 from pipeline.runner import StageError
 from stages.train import checkpoint, curriculum, losses, metrics, schedule
@@ -35,7 +36,8 @@ def seed_everything(seed: int) -> None:
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:
-    write_csv(path, pd.DataFrame(history))
+    if ddp.is_main():
+        write_csv(path, pd.DataFrame(history))
 
 
 @torch.no_grad()
@@ -56,7 +58,8 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     """Train fold `fold`; returns the best checkpoint's validation probabilities (OOF rows)."""
     p, d = params.train, params.distill
     fold_dir = out / f"fold{fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    if ddp.is_main():  # every rank computes in this folder; only rank 0 writes there
+        fold_dir.mkdir(parents=True, exist_ok=True)
     seed = params.seed * 1000 + fold
     seed_everything(seed)
     rows = data["rows"]
@@ -94,8 +97,8 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     mixup = Mixup(mixup_alpha=p.mixup, cutmix_alpha=p.cutmix, prob=p.mix_prob, label_smoothing=0.0) if p.mixup or p.cutmix else None
     cw = losses.class_weights(part.labels, num_classes, p.class_weights)
     cw = torch.tensor(cw, dtype=torch.float32, device=device) if cw is not None else None
-    forward = torch.compile(model) if p.compile and device.type == "cuda" else model
-    schedule.plot(fold_dir / "lr_schedule.png", total, warmup, lr, p, steps_per_epoch)
+    if ddp.is_main():
+        schedule.plot(fold_dir / "lr_schedule.png", total, warmup, lr, p, steps_per_epoch)
 
     meta = {"model": p.model, "classes": data["classes"], "in_chans": int(pixels.shape[3]), "norm": data["norm"],
             "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold}
@@ -115,15 +118,19 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
         console.print(f"fold {fold}: resuming after epoch {last['epoch']} from {fold_dir / 'last.pt'}")
     elif last is not None:
         console.print(f"fold {fold}: {fold_dir / 'last.pt'} is from other params or data; starting over")
+    ddp.agree(start_epoch, f"fold {fold}'s resume epoch")
+    forward = ddp.Forward(model, device, p.sync_bn, p.compile and device.type == "cuda")
+    batch_size = ddp.local_batch(p.batch_size)  # this rank's share of the global batch
 
     difficulty = None
     if p.curriculum and start_epoch < p.epochs:
         difficulty = curriculum.difficulty(p.curriculum_score, array=pixels, rows=part.rows, targets=part.labels, ids=part.ids, norm=data["norm"],
                                        p=p, classes=data["classes"], device=device, seed=seed)
+        difficulty = ddp.from_main(difficulty)  # the ranks must draw one global order
         seed_everything(seed)
     sampler = EpochSampler(len(part))
     drop_last = len(part) >= p.batch_size
-    cpu_loader = None if device_batches is not None else loader(dataset, sampler, p.batch_size, p.workers, device.type == "cuda", drop_last, seed)
+    cpu_loader = None if device_batches is not None else loader(dataset, sampler, batch_size, p.workers, device.type == "cuda", drop_last, seed)
     step = start_epoch * steps_per_epoch
     with progress_bar() as bar:
         task = bar.add_task(f"fold {fold}", total=p.epochs, completed=start_epoch, info="")
@@ -131,17 +138,17 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
             if p.patience and stale >= p.patience:
                 console.print(f"fold {fold}: early stop, no improvement in {p.patience} epochs")
                 break
-            seed_everything(seed * 100003 + epoch)
+            seed_everything(ddp.rank_seed(seed * 100003 + epoch))
             if dataset.transform is not None:
-                dataset.transform.set_random_seed(seed * 100003 + epoch)
+                dataset.transform.set_random_seed(ddp.rank_seed(seed * 100003 + epoch))
             frozen = apply_freezing(model, p, epoch)
             fraction = curriculum.pool_fraction(epoch, p)
             chosen = curriculum.pool(difficulty, fraction) if difficulty is not None else None
-            order = epoch_order(len(part), epoch, seed, probs_draw, chosen)
+            share = ddp.rank_share(epoch_order(len(part), epoch, seed, probs_draw, chosen), p.batch_size, drop_last, part.weights)
             if device_batches is not None:
-                batches = device_batches.epoch(order, p.batch_size, drop_last, seed * 100003 + epoch)
+                batches = device_batches.epoch(share.order, batch_size, drop_last, ddp.rank_seed(seed * 100003 + epoch))
             else:
-                sampler.set_order(order)
+                sampler.set_order(share.order)
                 batches = ((to_input(images, data["norm"], device), y, idx) for images, y, idx in cpu_loader)
             mixing = mixup is not None and epoch < p.epochs - p.mix_off_epochs
             model.train()
@@ -156,18 +163,19 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                     x, mix = losses.mixing_matrix(mixup, x)
                     target, klw = mix @ target, mix @ klw
                     taught = mix @ taught if taught is not None else None
+                forward.sync_grads((i + 1) % p.accumulate == 0)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = forward(x)
                 per_sample = losses.per_sample_loss(logits, losses.smooth(target, p.label_smoothing), cw, p.focal_gamma if p.loss == "focal" else 0.0)
                 if taught is not None:
                     per_sample = klw * distill.kl_per_sample(logits, taught, d.temperature) + (1 - d.alpha) * per_sample
                 w = weights[idx]
-                loss = (per_sample * w).sum() / w.sum()
+                loss = (per_sample * w).sum() / share.denominator(i, w)
                 if p.l1:
                     loss = loss + p.l1 * sum(q.abs().sum() for q in model.parameters() if q.ndim > 1 and q.requires_grad)
-                if not torch.isfinite(loss):
+                if ddp.any_rank(not torch.isfinite(loss)):
                     raise StageError(f"fold {fold}: loss is {loss.item()} at epoch {epoch}, step {step}; stopped, "
-                                     f"last good checkpoint kept in {fold_dir.name}/last.pt (lower train.lr or set train.grad_clip)")
+                                     f"last good checkpoint kept in {fold_dir / 'last.pt'} (lower train.lr or set train.grad_clip)")
                 scaler.scale(loss / p.accumulate).backward()
                 if (i + 1) % p.accumulate == 0:
                     for group in optimizer.param_groups:
@@ -185,8 +193,10 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                 loss_sum += loss.item() * len(x)
                 bar.update(task, info=f"loss {loss_sum / seen:.3f}  {seen / (time.perf_counter() - t0):.0f} img/s")
             train_seconds = time.perf_counter() - t0
+            loss_sum, seen = ddp.all_sum([loss_sum, seen])
             evaluated = ema.module if ema is not None else model
-            probs = predict(evaluated, pixels, rows.rows[val_idx], data["norm"], device, p.eval_batch_size, amp)
+            ddp.sync_buffers(evaluated)
+            probs = ddp.gather_rows(lambda r: predict(evaluated, pixels, r, data["norm"], device, p.eval_batch_size, amp), rows.rows[val_idx])
             y_val = rows.labels[val_idx]
             scores = metrics.compute(y_val, probs)
             row = {"epoch": epoch, "lr": schedule.lr_at(max(0, step - 1), total, warmup, lr, p, steps_per_epoch),
