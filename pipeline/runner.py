@@ -14,6 +14,7 @@ missing"). Under torchrun, rank 0 alone writes locks and outputs; stages other t
 from __future__ import annotations
 
 import importlib
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -134,9 +135,11 @@ def _params_of(stage: Stage, params: Params) -> dict[str, Any]:
     return out
 
 
-def finished_folds(folder: Path) -> list[int]:
-    """The fold<k>/ folders a per-fold stage finished (fold.json is written last, before the rename)."""
-    return sorted(int(d.parent.name[4:]) for d in Path(folder).glob("fold*/fold.json") if d.parent.name[4:].isdigit())
+def finished_folds(folder: Path, key: str | None = None) -> list[int]:
+    """The fold<k>/ folders a per-fold stage finished (fold.json is written last, before the rename);
+    with `key`, only those trained with that params-and-inputs key."""
+    found = [d for d in Path(folder).glob("fold*/fold.json") if d.parent.name[4:].isdigit()]
+    return sorted(int(d.parent.name[4:]) for d in found if key is None or read_json(d)["key"] == key)
 
 
 def _missing_folds(stage: Stage, params: Params, lock: dict) -> list[int]:
@@ -201,7 +204,7 @@ def statuses(params: Params, workdir: Path) -> list[tuple[str, str, str]]:
     return rows
 
 
-def run_stage(stage: Stage, params: Params, workdir: Path) -> dict:
+def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False) -> dict:
     """Run one stage into a temporary folder (per-fold stages: in place, fold by fold), record its lock,
     then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank."""
     for dep in stage.deps:
@@ -226,6 +229,8 @@ def run_stage(stage: Stage, params: Params, workdir: Path) -> dict:
         folder = workdir / stage.name
         if world.main:
             folder.mkdir(parents=True, exist_ok=True)
+            for fold in finished_folds(folder) if force else []:  # finished folds are otherwise kept
+                shutil.rmtree(folder / f"fold{fold}")
         result = stage.module().run(params, StagePaths(out=folder, inputs=inputs, key=key)) or {}
         if not world.main:
             return result
@@ -269,6 +274,6 @@ def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
             console.print(f"[green]skip[/] {stage.name}: {why}")
             continue
         console.print(f"[yellow]run[/] {stage.name}: {why if not force else 'forced'}")
-        run_stage(stage, params, workdir)
+        run_stage(stage, params, workdir, force=force)
         ran.append(stage.name)
     return ran

@@ -143,3 +143,12 @@ def test_device_side_augmentation_path_trains_deterministically(inputs, tmp_path
     run(inputs, tmp_path / "a", extra)
     run(inputs, tmp_path / "b", extra)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "oof.csv"), pd.read_csv(tmp_path / "b" / "oof.csv"))
+
+
+def test_a_finished_fold_is_kept_when_the_other_folds_train(inputs, tmp_path):
+    run(inputs, tmp_path, ["train.fold=1"])
+    first = (tmp_path / "fold1" / "best.pt").stat().st_mtime_ns
+    summary, _ = run(inputs, tmp_path, [])
+    assert (tmp_path / "fold1" / "best.pt").stat().st_mtime_ns == first  # not retrained
+    assert summary["folds missing"] == "none"
+    assert sorted(pd.read_csv(tmp_path / "oof.csv").fold.unique()) == [0, 1, 2]

@@ -122,6 +122,9 @@ def run(params: Params, paths) -> dict:
                       + f", {len(train)} labelled images" + (f" ({extra} training-only rows)" if extra else "")
                       + f", {len(data['classes'])} classes, folds {list(folds)}")
         for fold in folds:
+            if fold in finished_folds(paths.out, getattr(paths, "key", "")):  # e.g. by an earlier --fold job
+                console.print(f"fold {fold}: finished earlier with these params and inputs, kept (`pipeline run --force` retrains it)")
+                continue
             probs = train_fold(fold, data, params, paths.out / PARTIAL, device)
             if world.main:
                 finish_fold(fold, probs, data, train, params, paths)
