@@ -1,8 +1,10 @@
 """train: k-fold training of a timm model on the preprocess cache.
 
-Modules: folds (grouped stratified folds), schedule (lr per step), losses (CE/focal, weights),
-curriculum (difficulty and pacing), model (timm model, local pretrained weights, freezing, param groups), data (dataset, per-epoch sample
-order, loaders), device (device, normalisation, AMP), checkpoint, metrics, plots, loop (one fold).
+Modules: folds (grouped stratified folds), rows (what may train: labelled images, offline copies,
+pseudo-labelled and teacher-taught test images; the fold split rule), schedule (lr per step), losses
+(CE/focal on soft targets, weights, mixing), curriculum (difficulty and pacing), model (timm model,
+local pretrained weights, freezing, param groups), data (dataset, per-epoch sample order, loaders),
+device (device, normalisation, AMP), checkpoint, metrics, plots, loop (one fold).
 
 Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png,oof.csv,fold.json}, oof.csv,
 cv.json, confusion.png. `resolve_device` and `to_input` are re-exported for predict.

@@ -38,7 +38,7 @@ def epoch_order(n: int, epoch: int, seed: int, probs: np.ndarray | None, pool: n
     """n sample indices for one epoch, a pure function of (seed, epoch): resume needs no sampler state.
     `pool` restricts the draw (curriculum; repeated to n so an epoch keeps its length); `probs` draws
     with replacement by class balance. Under torchrun every rank draws this same global order and takes
-its share of it (pipeline.distributed.rank_share)."""
+    its share of it (pipeline.distributed.rank_share)."""
     rng = np.random.default_rng([seed, epoch])
     candidates = np.arange(n) if pool is None else np.asarray(pool)
     if probs is not None:
