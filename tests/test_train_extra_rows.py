@@ -67,6 +67,9 @@ def test_pseudo_rows_train_every_fold_but_never_validate(inputs):
     pseudo = np.where(rows.fold == -1)[0]
     assert set(rows.ids[pseudo]) == {f"t{i}" for i in range(N_TEST)}
     assert (rows.weights[pseudo] == 0.5).all() and np.allclose(rows.targets[pseudo].max(1), 0.9)
+    n_labelled = int(((rows.fold != -1) & (rows.fold != 2)).sum())
+    n_pseudo = len(set(pseudo) & set(rows.fold_split(2)[0]))
+    assert rows.subset(rows.fold_split(2)[0]).describe() == f"{n_labelled} labelled + {n_pseudo} pseudo"
     for fold in range(3):
         train_idx, val_idx = rows.fold_split(fold)
         assert set(rows.ids[val_idx]) == set(train.id[rows.fold[: len(train)] == fold])  # validation: labelled images only

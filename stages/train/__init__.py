@@ -61,7 +61,8 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
     labels = train.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
     labelled = Rows(ids=train.id.to_numpy(), rows=train.row.to_numpy(np.int64), labels=labels, targets=onehot[labels],
                     weights=train.weight.to_numpy(np.float32) if p.dedup_weights else np.ones(len(train), np.float32),
-                    clusters=train.cluster.astype(str).to_numpy(), fold=assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed))
+                    clusters=train.cluster.astype(str).to_numpy(), fold=assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed),
+                    kind=np.full(len(train), "labelled"))
     parts, sources = {"labelled": labelled}, {"labelled": labelled.ids}  # sources: whose teacher target a row takes
 
     # Offline copies of rare-class images train with their source image: same cluster, same weight.
@@ -72,7 +73,7 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
         source = pd.Index(train.id).get_indexer(table.source_id)
         keep = source >= 0  # a copy of an image dedup left out stays out
         src = source[keep]
-        parts["expanded"] = extra_rows(table.id[keep], len(arrays["train"]) + np.where(keep)[0], onehot[labels[src]],
+        parts["expanded"] = extra_rows("expanded", table.id[keep], len(arrays["train"]) + np.where(keep)[0], onehot[labels[src]],
                                        labelled.weights[src], labelled.clusters[src])
         sources["expanded"] = table.source_id[keep].to_numpy()
     test_offset = len(arrays["train"]) + len(copies)
@@ -81,7 +82,7 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
         from stages.pseudo import load_pseudo_rows
 
         pseudo = load_pseudo_rows(paths["pseudo"], classes)
-        parts["pseudo"] = extra_rows(pseudo.ids, test_offset + pseudo.rows, pseudo.targets, pseudo.weights, pseudo.clusters)
+        parts["pseudo"] = extra_rows("pseudo", pseudo.ids, test_offset + pseudo.rows, pseudo.targets, pseudo.weights, pseudo.clusters)
         sources["pseudo"] = pseudo.ids
     if params.distill.teacher:
         add_teacher(parts, sources, params, index, clusters, classes, test_offset)
@@ -103,8 +104,8 @@ def add_teacher(parts: dict, sources: dict, params: Params, index, clusters, cla
     if d.test_weight > 0:
         test = index[index.split == "test"].merge(clusters[["id", "cluster"]], on="id")
         probs = teacher.test_targets(test.id)
-        taught = extra_rows(test.id, test_offset + test.row.to_numpy(), probs, np.full(len(test), d.test_weight), test.cluster, labelled=False)
-        taught.labels, taught.teacher = probs.argmax(1), probs
+        taught = extra_rows("teacher", test.id, test_offset + test.row.to_numpy(), probs, np.full(len(test), d.test_weight), test.cluster)
+        taught.teacher = probs
         parts["teacher"] = taught
 
 
@@ -123,17 +124,19 @@ def run(params: Params, paths) -> dict:
         console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
                       + f", {len(train)} labelled images" + (f" ({extra} training-only rows)" if extra else "")
                       + f", {len(data['classes'])} classes, folds {list(folds)}")
+        trained = []
         for fold in folds:
             if fold in finished_folds(paths.out, getattr(paths, "key", "")):  # e.g. by an earlier --fold job
                 console.print(f"fold {fold}: finished earlier with these params and inputs, kept (`pipeline run --force` retrains it)")
                 continue
             probs = train_fold(fold, data, params, paths.out / PARTIAL, device)
+            trained.append(fold)
             if world.main:
                 finish_fold(fold, probs, data, train, params, paths)
     if not world.main:
         return {}
     with folder_lock(paths.out):
-        return summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""))
+        return summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
 
 
 def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, params: Params, paths) -> None:
@@ -152,7 +155,7 @@ def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, p
     replace_dir(partial, paths.out / f"fold{fold}")
 
 
-def summarize(params: Params, paths, model: str) -> dict:
+def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
     """oof.csv, cv.json and confusion.png from every finished fold of this recipe (call under the lock)."""
     from stages.train import plots
     from stages.train.metrics import compute
@@ -185,12 +188,11 @@ def summarize(params: Params, paths, model: str) -> dict:
     overall = compute(y, probs)
     plots.confusion(y, probs.argmax(1), classes, out / "confusion.png")
     values = list(per_fold.values())
-    expected = range(p.folds) if p.fold is None else [p.fold]
     missing = [k for k in range(p.folds) if k not in folds]
     cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
           "per_fold": {str(k): v for k, v in per_fold.items()}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
     write_json(out / "cv.json", cv)
-    return {"model": model, "folds trained": len(expected), "folds in the summary": folds,
+    return {"model": model, "folds trained": len(trained), "folds in the summary": folds,
             "folds missing": ", ".join(map(str, missing)) or "none", "best epoch / epochs run": epochs,
             "train images/s (median epoch)": f"{np.mean(speed):.0f}", f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f}",
             "oof accuracy": overall["accuracy"], "oof macro-F1": overall["macro_f1"], "oof log-loss": overall["log_loss"]}

@@ -65,9 +65,8 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     rows = data["rows"]
     train_idx, val_idx = rows.fold_split(fold)
     part = rows.subset(train_idx)
-    if (part.fold == -1).any():
-        console.print(f"fold {fold}: + {int((part.fold == -1).sum())} training-only rows "
-                      f"(copies, pseudo-labelled or teacher-taught images; validation stays labelled images only)")
+    if ddp.is_main():
+        console.print(f"fold {fold}: training on {part.describe()} rows, validating on {len(val_idx)} labelled images")
     pixels = data["pixels"]
     num_classes = len(data["classes"])
     dataset = CacheDataset(pixels, part.rows, part.labels, data["transform"])

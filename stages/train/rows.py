@@ -27,6 +27,7 @@ class Rows:
     weights: np.ndarray  # (N,) float32 sample weight
     clusters: np.ndarray  # dedup cluster, as str
     fold: np.ndarray  # validation fold of a labelled image; -1 for extra rows, which never validate
+    kind: np.ndarray  # "labelled", "expanded" (offline copies), "pseudo" or "teacher" (taught test images)
     teacher: np.ndarray | None = None  # (N, K) teacher probabilities when distilling
 
     def __len__(self) -> int:
@@ -39,6 +40,11 @@ class Rows:
         """(train, validation) positions for one fold, by the cluster rule in the module docstring."""
         val = np.where(self.fold == fold)[0]
         return np.where(~np.isin(self.clusters, self.clusters[val]))[0], val
+
+    def describe(self) -> str:
+        """'958 labelled + 183 pseudo': what a fold trains on."""
+        kinds, counts = np.unique(self.kind, return_counts=True)
+        return " + ".join(f"{n} {k}" for k, n in sorted(zip(kinds, counts), key=lambda kc: kc[0] != "labelled"))
 
     def fingerprint(self) -> str:
         """Identifies the training data, so a checkpoint is only resumed on the data it was trained on."""
@@ -56,13 +62,13 @@ def concat(parts: list[Rows]) -> Rows:
                    else np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Rows)})
 
 
-def extra_rows(ids, rows, targets: np.ndarray, weights, clusters, labelled: bool = True) -> Rows:
-    """Rows that only ever train. Teacher-only rows (labelled=False) have an all-zero target: their
-    class for sampling is filled in from the teacher by the caller."""
+def extra_rows(kind: str, ids, rows, targets: np.ndarray, weights, clusters) -> Rows:
+    """Rows that only ever train. Teacher rows are given the teacher's probabilities as `targets`: they
+    set the row's class for sampling, and the target becomes all-zero (no label: the teacher alone teaches)."""
     targets = np.asarray(targets, dtype=np.float32)
-    return Rows(ids=np.asarray(ids), rows=np.asarray(rows, dtype=np.int64), labels=targets.argmax(1) if labelled else np.zeros(len(targets), int),
-                targets=targets if labelled else np.zeros_like(targets), weights=np.asarray(weights, dtype=np.float32),
-                clusters=np.asarray(clusters).astype(str), fold=np.full(len(targets), -1))
+    return Rows(ids=np.asarray(ids), rows=np.asarray(rows, dtype=np.int64), labels=targets.argmax(1),
+                targets=np.zeros_like(targets) if kind == "teacher" else targets, weights=np.asarray(weights, dtype=np.float32),
+                clusters=np.asarray(clusters).astype(str), fold=np.full(len(targets), -1), kind=np.full(len(targets), kind))
 
 
 class RowStack:
