@@ -128,3 +128,12 @@ def test_row_stack_reads_several_arrays_as_one():
     assert stack[3][0] == 10 and stack[2][0] == 2
     assert stack[np.array([4, 0, 3, 1])][:, 0].tolist() == [11, 0, 10, 1]
     json.dumps(stack.shape)  # plain ints, so it can be logged
+
+
+def test_pseudo_and_teacher_rows_on_the_device_side_augmentation_path(inputs, tmp_path):
+    """The path train takes on a GPU when the cache fits there (forced here on the CPU)."""
+    params = params_for("train.fold=0", "train.gpu_augment=always", f"distill.teacher={inputs['teacher']}")
+    summary = train_stage.run(params, StagePaths(out=tmp_path, inputs=inputs))
+    assert summary["folds trained"] == 1
+    oof = pd.read_csv(tmp_path / "oof.csv", dtype={"id": str})
+    assert not oof.id.str.startswith("t").any() and np.isfinite(oof.filter(like="p_").to_numpy()).all()
