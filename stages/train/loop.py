@@ -71,12 +71,12 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     num_classes = len(data["classes"])
     dataset = CacheDataset(pixels, part.rows, part.labels, data["transform"])
     probs_draw = sampling_weights(part.labels, p.sampler)
-    # Targets, weights and teacher probabilities are looked up by the row position each batch returns.
-    soft = torch.as_tensor(part.targets, device=device)
-    weights = torch.as_tensor(part.weights, device=device)
-    teacher = torch.as_tensor(part.teacher, device=device) if part.teacher is not None else None
+    # Targets, weights and teacher probabilities are looked up by the row position each batch returns
+    # (kept in host memory: N x classes can be large; a batch's rows move to the device per step).
+    soft, weights = torch.as_tensor(part.targets), torch.as_tensor(part.weights)
+    teacher = torch.as_tensor(part.teacher) if part.teacher is not None else None
     # Distillation: alpha * KL + (1 - alpha) * CE, and KL alone for teacher-only rows (no label).
-    kl_weight = torch.as_tensor(np.where(part.targets.sum(1) > 0, d.alpha, 1.0), dtype=torch.float32, device=device)
+    kl_weight = torch.as_tensor(np.where(part.kind == "teacher", 1.0, d.alpha), dtype=torch.float32)
     steps_per_epoch = max(1, len(part) // p.batch_size) // p.accumulate or 1
     total = p.epochs * steps_per_epoch
     warmup = int(p.warmup_epochs * steps_per_epoch)
@@ -156,8 +156,8 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
             for i, (x, _, idx) in enumerate(batches):
                 if p.channels_last and device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                idx = idx.to(device)
-                target, taught, klw = soft[idx], teacher[idx] if teacher is not None else None, kl_weight[idx]
+                target, klw, w = soft[idx].to(device), kl_weight[idx].to(device), weights[idx].to(device)
+                taught = teacher[idx].to(device) if teacher is not None else None
                 if mixing and len(x) % 2 == 0:
                     x, mix = losses.mixing_matrix(mixup, x)
                     target, klw = mix @ target, mix @ klw
@@ -168,7 +168,6 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                 per_sample = losses.per_sample_loss(logits, losses.smooth(target, p.label_smoothing), cw, p.focal_gamma if p.loss == "focal" else 0.0)
                 if taught is not None:
                     per_sample = klw * distill.kl_per_sample(logits, taught, d.temperature) + (1 - d.alpha) * per_sample
-                w = weights[idx]
                 loss = (per_sample * w).sum() / share.denominator(i, w)
                 if p.l1:
                     loss = loss + p.l1 * sum(q.abs().sum() for q in model.parameters() if q.ndim > 1 and q.requires_grad)
