@@ -156,12 +156,13 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
             for i, (x, _, idx) in enumerate(batches):
                 if p.channels_last and device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                target, klw, w = soft[idx].to(device), kl_weight[idx].to(device), weights[idx].to(device)
-                taught = teacher[idx].to(device) if teacher is not None else None
+                target, w = soft[idx].to(device), weights[idx].to(device)
+                taught, klw = (teacher[idx].to(device), kl_weight[idx].to(device)) if teacher is not None else (None, None)
                 if mixing and len(x) % 2 == 0:
                     x, mix = losses.mixing_matrix(mixup, x)
-                    target, klw = mix @ target, mix @ klw
-                    taught = mix @ taught if taught is not None else None
+                    target = mix @ target
+                    if taught is not None:
+                        taught, klw = mix @ taught, mix @ klw
                 forward.sync_grads((i + 1) % p.accumulate == 0)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = forward(x)
