@@ -42,17 +42,28 @@ def kl_per_sample(student_logits: torch.Tensor, teacher_probs: torch.Tensor, tem
     return (teacher * (teacher.clamp_min(1e-8).log() - log_student)).sum(-1) * t * t
 
 
+def kl_weights(unlabelled, alpha: float):
+    """Weight of the KL term per image: alpha, or 1 for an image without a label (a test image)."""
+    return torch.where(torch.as_tensor(unlabelled), 1.0, alpha).float()
+
+
+def combine(hard: torch.Tensor, student_logits: torch.Tensor, teacher_probs: torch.Tensor, kl_weight: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """Per image: kl_weight * T^2 KL + (1 - alpha) * hard, `hard` being the image's hard-label loss (zero
+    for an image without a label). Train calls this on mixed soft targets; distill_loss on class indices."""
+    return kl_weight * kl_per_sample(student_logits, teacher_probs, temperature) + (1 - alpha) * hard
+
+
 def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, targets: torch.Tensor, temperature: float,
                  alpha: float, weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
     """Weighted mean over the batch of the per-image loss in the module docstring.
 
     student_logits (B, K); teacher_probs (B, K); targets (B,) class indices, NO_LABEL for test rows.
-    (The train loop computes the same per image on soft targets, so mixup can mix them.)
+    (The train loop calls `combine` itself, on soft targets, so mixup can mix them.)
     """
-    kl = kl_per_sample(student_logits, teacher_probs, temperature)
-    labelled = targets != NO_LABEL
+    unlabelled = targets == NO_LABEL
     hard = F.cross_entropy(student_logits.float(), targets.clamp_min(0), reduction="none", label_smoothing=label_smoothing)
-    per_image = torch.where(labelled, alpha * kl + (1 - alpha) * hard, kl)
+    per_image = combine(hard.masked_fill(unlabelled, 0.0), student_logits, teacher_probs, kl_weights(unlabelled, alpha), temperature, alpha)
     if weights is None:
         return per_image.mean()
     weights = weights.to(per_image.dtype)

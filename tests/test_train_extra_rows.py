@@ -63,7 +63,7 @@ def params_for(*extra):
 def test_pseudo_rows_train_every_fold_but_never_validate(inputs):
     data, train = train_stage.load_data(params_for(), StagePaths(out=None, inputs=inputs))
     rows = data["rows"]
-    assert data["counts"] == {"labelled": 48, "pseudo": N_TEST}
+    assert rows.describe() == f"48 labelled + {N_TEST} pseudo"
     pseudo = np.where(rows.fold == -1)[0]
     assert set(rows.ids[pseudo]) == {f"t{i}" for i in range(N_TEST)}
     assert (rows.weights[pseudo] == 0.5).all() and np.allclose(rows.targets[pseudo].max(1), 0.9)
@@ -101,7 +101,7 @@ def test_distillation_trains_on_teacher_targets(inputs, tmp_path):
     params = params_for("train.fold=0", f"distill.teacher={inputs['teacher']}", "distill.test_weight=0.5")
     data, _ = train_stage.load_data(params, StagePaths(out=None, inputs=base))
     rows = data["rows"]
-    assert data["counts"] == {"labelled": 48, "teacher": N_TEST}
+    assert rows.describe() == f"48 labelled + {N_TEST} teacher"
     taught = rows.fold == -1
     assert (rows.targets[taught] == 0).all() and (rows.weights[taught] == 0.5).all()  # no label: the teacher alone
     assert np.allclose(rows.teacher[~taught].max(1), 0.8)

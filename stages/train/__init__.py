@@ -86,7 +86,7 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
         sources["pseudo"] = pseudo.ids
     if params.distill.teacher:
         add_teacher(parts, sources, params, index, clusters, classes, test_offset)
-    data = {"rows": concat(list(parts.values())), "counts": {k: len(v) for k, v in parts.items()},
+    data = {"rows": concat(list(parts.values())),
             "pixels": RowStack([arrays["train"], copies, arrays["test"]]), "classes": classes,
             "transform": A.load(str(paths["augment"] / "transform.json"), data_format="json"),
             "gpu_recipe": read_json(paths["augment"] / "gpu_augment.json") if (paths["augment"] / "gpu_augment.json").is_file() else None,
@@ -120,9 +120,8 @@ def run(params: Params, paths) -> dict:
         torch.backends.cudnn.benchmark = p.cudnn_benchmark
     folds = range(p.folds) if p.fold is None else [p.fold]
     with ddp.session(p.dist_timeout, device) as world:
-        extra = ", ".join(f"+{n} {name}" for name, n in data["counts"].items() if name != "labelled" and n)
         console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
-                      + f", {len(train)} labelled images" + (f" ({extra} training-only rows)" if extra else "")
+                      + f", rows {data['rows'].describe()}"
                       + f", {len(data['classes'])} classes, folds {list(folds)}")
         trained = []
         for fold in folds:

@@ -41,14 +41,13 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 
 @torch.no_grad()
-def predict(model, array, rows, norm, device, batch_size, amp) -> np.ndarray:
+def predict(model, pixels, rows, norm, device, batch_size, amp) -> np.ndarray:
+    """Softmax of `rows` of a RowStack (which reads each batch in row order and returns it as asked)."""
     model.eval()
     out = []
     for start in range(0, len(rows), batch_size):
-        images = torch.from_numpy(np.ascontiguousarray(array[np.sort(rows[start : start + batch_size])]))
-        # rows are sorted above only to read the memmap in order; restore the requested order
-        order = np.argsort(np.argsort(rows[start : start + batch_size]))
-        x = to_input(images.permute(0, 3, 1, 2)[order], norm, device)
+        images = torch.from_numpy(pixels[rows[start : start + batch_size]])
+        x = to_input(images.permute(0, 3, 1, 2), norm, device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out.append(model(x).float().softmax(1).cpu().numpy())
     return np.concatenate(out)
@@ -75,8 +74,7 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     # (kept in host memory: N x classes can be large; a batch's rows move to the device per step).
     soft, weights = torch.as_tensor(part.targets), torch.as_tensor(part.weights)
     teacher = torch.as_tensor(part.teacher) if part.teacher is not None else None
-    # Distillation: alpha * KL + (1 - alpha) * CE, and KL alone for teacher-only rows (no label).
-    kl_weight = torch.as_tensor(np.where(part.kind == "teacher", 1.0, d.alpha), dtype=torch.float32)
+    kl_weight = torch.as_tensor(distill.kl_weights(part.kind == "teacher", d.alpha))
     steps_per_epoch = max(1, len(part) // p.batch_size) // p.accumulate or 1
     total = p.epochs * steps_per_epoch
     warmup = int(p.warmup_epochs * steps_per_epoch)
@@ -168,7 +166,7 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                     logits = forward(x)
                 per_sample = losses.per_sample_loss(logits, losses.smooth(target, p.label_smoothing), cw, p.focal_gamma if p.loss == "focal" else 0.0)
                 if taught is not None:
-                    per_sample = klw * distill.kl_per_sample(logits, taught, d.temperature) + (1 - d.alpha) * per_sample
+                    per_sample = distill.combine(per_sample, logits, taught, klw, d.temperature, d.alpha)
                 loss = (per_sample * w).sum() / share.denominator(i, w)
                 if p.l1:
                     loss = loss + p.l1 * sum(q.abs().sum() for q in model.parameters() if q.ndim > 1 and q.requires_grad)

@@ -79,7 +79,6 @@ class RowStack:
         self.starts = np.cumsum([0] + [len(p) for p in parts])  # empty parts are fine: searchsorted skips them
         self.shape = (int(self.starts[-1]), *self.parts[0].shape[1:])
         self.dtype = self.parts[0].dtype
-        self.nbytes = sum(p.nbytes for p in self.parts)
 
     def __len__(self) -> int:
         return self.shape[0]
