@@ -31,7 +31,7 @@ from stages.dedup.search import hash_pairs  # noqa: E402
 from stages.dedup.signatures import signatures  # noqa: E402
 from stages.dedup.verify import shift_correlation  # noqa: E402
 from stages.preprocess import auto_size, process, target_hw  # noqa: E402
-from stages.union_find import UnionFind  # noqa: E402
+from stages.dedup.union_find import UnionFind  # noqa: E402
 
 THRESHOLDS = (0.90, 0.95, 0.97, 0.98, 0.985, 0.99, 0.993, 0.995, 0.996, 0.997, 0.998, 0.999)
 RADII = (2, 4, 6, 8, 10, 12)

@@ -41,7 +41,7 @@ def planted_hashes(n: int, radius: int, rng: np.random.Generator):
 
 def one_size(n: int, seed: int) -> dict:
     from stages.dedup.search import hash_pairs
-    from stages.union_find import UnionFind
+    from stages.dedup.union_find import UnionFind
 
     d = load_params(ROOT / "params.yaml")[0].dedup
     hashes, copies, sources = planted_hashes(n, d.radius, np.random.default_rng(seed))

@@ -27,7 +27,7 @@ import torch
 from stages.augment import gpu_recipe
 from stages.train.data import CacheDataset, EpochSampler, epoch_order, loader
 from stages.train.gpu_augment import DeviceBatches
-from stages.train.device import autocast_dtype, to_input
+from pipeline.device import autocast_dtype, to_input
 
 
 def step_fn(model, optimizer, amp, device, channels_last):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import read_json
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 
 
 def read_index(preprocess_dir: Path) -> pd.DataFrame:
@@ -37,3 +38,30 @@ def read_probs(path: Path, classes: list[str], missing_hint: str) -> pd.DataFram
     if [c for c in table.columns if c.startswith("p_")] != [f"p_{c}" for c in classes]:
         raise StageError(f"{path}: probability columns do not match the cache's classes {classes[:5]}...")
     return table
+
+
+@dataclass
+class PseudoRows:
+    """Pseudo-labelled test images, ready to join a fold's training data."""
+
+    ids: np.ndarray
+    rows: np.ndarray  # rows of preprocess/test.npy (not train.npy)
+    clusters: np.ndarray  # dedup cluster of each image
+    targets: np.ndarray  # (N, K) float32 probability targets (one-hot for hard pseudo-labels)
+    weights: np.ndarray  # (N,) float32 sample weights
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_pseudo_rows(pseudo_dir: Path, classes: list[str]) -> PseudoRows:
+    """Read pseudo/pseudo.csv; the class columns must match the cache's classes.json order."""
+    table = read_probs(Path(pseudo_dir) / "pseudo.csv", classes, "run `pipeline pseudo` first")
+    columns = [f"p_{c}" for c in classes]
+    return PseudoRows(
+        ids=table.id.to_numpy(),
+        rows=table.row.to_numpy(dtype=np.int64),
+        clusters=table.cluster.to_numpy(),
+        targets=table[columns].to_numpy(dtype=np.float32),
+        weights=table.weight.to_numpy(dtype=np.float32),
+    )

@@ -9,10 +9,10 @@ import typer
 from rich.markup import escape
 
 from pipeline.console import console
-from pipeline.data import DataError
-from pipeline.params import Params, ParamsError, load_params
+from pipeline.errors import ParamsError, PipelineError
+from pipeline.params import Params, load_params
 from pipeline.rounds import final_predict_dir, round_report
-from pipeline.runner import BY_NAME, StageError, run_all, run_stage, statuses
+from pipeline.runner import BY_NAME, run_all, run_stage, statuses
 
 app = typer.Typer(
     add_completion=False,
@@ -44,10 +44,8 @@ def _guard(action):
     """Turn the errors a user must act on into one line and an exit code; anything else is a bug."""
     try:
         return action()
-    except (ParamsError, DataError) as exc:
-        _fail(str(exc), 2)
-    except StageError as exc:
-        _fail(str(exc), 1)
+    except PipelineError as exc:
+        _fail(str(exc), exc.exit_code)
 
 
 def _stage_command(name: str, doc: str):

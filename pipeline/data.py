@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import DataError
 from pipeline.images import IMAGE_EXTENSIONS
 
 ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file", "filename", "file_name", "name", "image_name", "path")
 LABEL_NAMES = ("label", "labels", "class", "class_id", "classid", "target", "category", "y", "species", "breed")
-
-
-class DataError(ValueError):
-    """The competition folder is not usable; the message says what is wrong and what was expected."""
 
 
 @dataclass

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import StageError
+
 
 @dataclass(frozen=True)
 class World:
@@ -76,8 +78,6 @@ def session(timeout_s: float, device: torch.device) -> Iterator[World]:
     if w.size == 1:
         yield ONE
         return
-    from pipeline.runner import StageError  # the runner imports this module
-
     if device.type == "cuda":
         torch.cuda.set_device(device)
     _device = device
@@ -109,8 +109,6 @@ def local_batch(batch_size: int) -> int:
     """train.batch_size is the global batch per micro-step; each rank takes an equal share."""
     w = world()
     if batch_size % w.size:
-        from pipeline.runner import StageError
-
         raise StageError(f"train.batch_size = {batch_size}: must be divisible by the {w.size} processes (it is the global batch)")
     return batch_size // w.size
 
@@ -197,8 +195,6 @@ def agree(value, what: str) -> None:
     seen: list = [None] * world().size
     dist.all_gather_object(seen, value)
     if any(v != seen[0] for v in seen):
-        from pipeline.runner import StageError
-
         raise StageError(f"ranks disagree on {what}: {seen} (is the workdir on a filesystem every node shares?)")
 
 
@@ -220,8 +216,6 @@ class Forward:
         self.size = world().size
         if self.size > 1 and sync_bn:
             if device.type != "cuda":
-                from pipeline.runner import StageError
-
                 raise StageError("train.sync_bn = true needs CUDA (torch's SyncBatchNorm is GPU-only); set it false on CPU")
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the top module
         self.trainable: tuple | None = None

@@ -14,11 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import ParamsError
+
 EXAMPLE_ROOT = "example:digits"
-
-
-class ParamsError(ValueError):
-    """A params problem, phrased as one line naming the key, the value and what is allowed."""
 
 
 class Section(BaseModel):

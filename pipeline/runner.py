@@ -24,15 +24,12 @@ from typing import Any
 from pipeline import __version__, distributed
 from pipeline.artifacts import fingerprint, folder_lock, hash_data, hash_file, list_files, read_json, staged_dir, write_json, write_yaml
 from pipeline.console import console, summary
+from pipeline.errors import StageError
 from pipeline.params import Params, section
 
 LOCK = "lock.json"
 EXTERNAL = "run:"  # dep name prefix of a folder outside the workdir, fingerprinted but not a stage input
 RESOLVED = "params.yaml"
-
-
-class StageError(RuntimeError):
-    """A stage cannot run or failed in a way the user must act on; one line says how."""
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ train images they would leak across folds).
 
 Output: pseudo.csv (id, row, cluster, label, confidence, weight, p_<class>...) where row is the row of
 preprocess/test.npy and p_<class> are the training targets (the ensemble's probabilities when
-pseudo.soft, else one-hot), plus summary.json and pseudo.png (kept rows per class, confidence). The train stage reads them with `load_pseudo_rows`
+pseudo.soft, else one-hot), plus summary.json and pseudo.png (kept rows per class, confidence). The train stage reads them with `pipeline.cache.read_pseudo_rows`
 and adds them to the training part of each fold, never to its validation part (stages/train/rows.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +27,7 @@ import pandas as pd
 from pipeline.artifacts import atomic_path, write_csv, write_json
 from pipeline.cache import read_classes, read_clusters, read_index, read_probs
 from pipeline.params import Params, PseudoParams
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -118,32 +117,3 @@ def plot_selection(path: Path, probs: np.ndarray, keep: np.ndarray, classes: lis
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
-
-# --- for the train stage ---------------------------------------------------------------------------
-
-@dataclass
-class PseudoRows:
-    """Pseudo-labelled test images, ready to join a fold's training data."""
-
-    ids: np.ndarray
-    rows: np.ndarray  # rows of preprocess/test.npy (not train.npy)
-    clusters: np.ndarray  # dedup cluster of each image
-    targets: np.ndarray  # (N, K) float32 probability targets (one-hot for hard pseudo-labels)
-    weights: np.ndarray  # (N,) float32 sample weights
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def load_pseudo_rows(pseudo_dir: Path, classes: list[str]) -> PseudoRows:
-    """Read pseudo/pseudo.csv; the class columns must match the cache's classes.json order."""
-    table = read_probs(Path(pseudo_dir) / "pseudo.csv", classes, "run `pipeline pseudo` first")
-    columns = [f"p_{c}" for c in classes]
-    return PseudoRows(
-        ids=table.id.to_numpy(),
-        rows=table.row.to_numpy(dtype=np.int64),
-        clusters=table.cluster.to_numpy(),
-        targets=table[columns].to_numpy(dtype=np.float32),
-        weights=table.weight.to_numpy(dtype=np.float32),
-    )

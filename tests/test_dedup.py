@@ -16,7 +16,7 @@ from stages import dedup, preprocess
 from stages.dedup.report import assign_weights
 from stages.dedup.search import hamming, hash_pairs
 from stages.dedup.verify import shift_correlation
-from stages.union_find import UnionFind
+from stages.dedup.union_find import UnionFind
 from tests.tiny_images import digit_like, make_params, write_competition  # noqa: F401 (fixture)
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.distill import NO_LABEL, distill_loss, load_teacher, soften
-from pipeline.runner import StageError
+from stages.train.distill import NO_LABEL, distill_loss, load_teacher, soften
+from pipeline.errors import StageError
 
 
 def test_soften_matches_temperature_softmax():

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 from stages.predict.submission import build_submission, sample_format, validate_submission, write_submission
 
 CLASSES = ["cat", "dog", "fox"]

@@ -3,7 +3,8 @@ import pandas as pd
 
 from pipeline.params import PseudoParams
 from pipeline.runner import BY_NAME, run_stage
-from stages.pseudo import load_pseudo_rows, select
+from pipeline.cache import read_pseudo_rows
+from stages.pseudo import select
 from tests._predict_fixtures import tiny_params, trained  # noqa: F401
 
 # class 0 is frequent and confident, class 1 rare and less so
@@ -43,5 +44,5 @@ def test_pseudo_stage_on_the_example(trained, tmp_path):  # noqa: F811
     targets = table[[c for c in table.columns if c.startswith("p_")]].to_numpy()
     assert set(np.unique(targets)) <= {0.0, 1.0} and np.allclose(targets.sum(1), 1)  # hard: one-hot
     classes = pd.read_json(trained / "preprocess" / "classes.json").iloc[:, 0].astype(str).tolist()
-    rows = load_pseudo_rows(trained / "pseudo", classes)
+    rows = read_pseudo_rows(trained / "pseudo", classes)
     assert rows.targets.shape == (len(table), len(classes)) and np.allclose(rows.weights, 0.5)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.params import load_params
-from pipeline.runner import StageError, StagePaths
+from pipeline.errors import StageError
+from pipeline.runner import StagePaths
 import stages.train as train_stage
 from stages.augment import gpu_recipe
 from stages.train import loop

@@ -31,7 +31,7 @@ from stages.dedup.search import hash_pairs
 from stages.dedup.sheet import contact_sheet
 from stages.dedup.signatures import signatures
 from stages.dedup.verify import shift_correlation
-from stages.union_find import UnionFind
+from stages.dedup.union_find import UnionFind
 
 
 class CacheRows:

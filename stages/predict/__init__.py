@@ -25,14 +25,14 @@ import pandas as pd
 from pipeline.artifacts import read_json, write_csv, write_json
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
 from pipeline.console import console, track
+from pipeline.device import resolve_device
 from pipeline.params import TTA_VIEWS, Params
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 from stages.predict.correction import correct
 from stages.predict.ensemble import Member, find_members, fit_weights, load_model, log_loss, predict_views, read_oof
 from stages.predict.plots import plot_predictions
 from stages.predict.submission import build_submission, write_submission
 from stages.predict.tta import MERGES, expand, merge
-from stages.train import resolve_device
 
 
 @dataclass

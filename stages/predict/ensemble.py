@@ -18,9 +18,9 @@ import torch
 from scipy.optimize import minimize
 
 from pipeline.cache import read_probs
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 from stages.predict.tta import View, apply_views
-from stages.train import to_input
+from pipeline.device import to_input
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import write_csv
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 
 PROB_FORMAT = "{:.6f}"
 

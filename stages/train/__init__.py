@@ -4,10 +4,10 @@ Modules: folds (grouped stratified folds), rows (what may train: labelled images
 pseudo-labelled and teacher-taught test images; the fold split rule), schedule (lr per step), losses
 (CE/focal on soft targets, weights, mixing), curriculum (difficulty and pacing), model (timm model,
 local pretrained weights, freezing, param groups), data (dataset, per-epoch sample order, loaders),
-device (device, normalisation, AMP), checkpoint, metrics, plots, loop (one fold).
+distill (teacher targets), checkpoint, metrics, plots, loop (one fold).
 
 Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png,oof.csv,fold.json}, oof.csv,
-cv.json, confusion.png. `resolve_device` and `to_input` are re-exported for predict.
+cv.json, confusion.png.
 
 Each fold is its own atomic unit, so `--fold K` jobs can run concurrently in one workdir: a fold trains
 in .partial/fold<k>/ (a killed fold resumes from its last.pt there) and is renamed to fold<k>/ when it
@@ -28,12 +28,13 @@ import torch
 
 from pipeline import distributed as ddp
 from pipeline.artifacts import folder_lock, read_json, replace_dir, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows
 from pipeline.console import console
-from pipeline.distill import load_teacher
+from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
-from pipeline.runner import StageError, finished_folds
-from stages.train.device import normalisation, resolve_device, to_input  # noqa: F401  (predict imports these)
+from pipeline.errors import StageError
+from pipeline.runner import finished_folds
+from stages.train.distill import load_teacher
 from stages.train.folds import assign_folds
 from stages.train.rows import RowStack, Rows, concat, extra_rows
 
@@ -79,9 +80,7 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
     test_offset = len(arrays["train"]) + len(copies)
 
     if "pseudo" in paths.inputs:  # a pseudo-label round: confident test predictions of the previous round
-        from stages.pseudo import load_pseudo_rows
-
-        pseudo = load_pseudo_rows(paths["pseudo"], classes)
+        pseudo = read_pseudo_rows(paths["pseudo"], classes)
         parts["pseudo"] = extra_rows("pseudo", pseudo.ids, test_offset + pseudo.rows, pseudo.targets, pseudo.weights, pseudo.clusters)
         sources["pseudo"] = pseudo.ids
     if params.distill.teacher:

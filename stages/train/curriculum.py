@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from pipeline.params import TrainParams
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 
 
 def pool_fraction(epoch: int, p: TrainParams) -> float:
@@ -58,7 +58,7 @@ def from_oof(path: str | None, ids: np.ndarray, targets: np.ndarray, classes: li
 def probe(array, rows: np.ndarray, targets: np.ndarray, norm: dict, p: TrainParams, num_classes: int, device, seed: int) -> np.ndarray:
     """Loss of a short probe training, out of sample: train on one half for curriculum_probe_epochs,
     score the other half, and swap."""
-    from stages.train.device import to_input
+    from pipeline.device import to_input
     from stages.train.model import create_model
 
     rng = np.random.default_rng([seed, 7])

@@ -18,16 +18,16 @@ import torch
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
-from pipeline import distill
+from stages.train import distill
 from pipeline import distributed as ddp
 from pipeline.artifacts import write_csv
 from pipeline.console import console, progress_bar
 from pipeline.params import Params
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 from stages.train import checkpoint, curriculum, losses, metrics, schedule
 from stages.train import gpu_augment
 from stages.train.data import CacheDataset, EpochSampler, epoch_order, loader, sampling_weights
-from stages.train.device import autocast_dtype, to_input
+from pipeline.device import autocast_dtype, to_input
 from stages.train.model import apply_freezing, create_model, param_groups
 
 

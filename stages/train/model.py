@@ -9,7 +9,7 @@ import torch
 from timm.models import group_parameters
 from timm.models._manipulate import adapt_input_conv
 
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 from pipeline.params import TrainParams
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.cache import read_probs
-from pipeline.runner import StageError
+from pipeline.errors import StageError
 
 NO_LABEL = -1  # hard target of a row taught only by the teacher (a test image)
 
