@@ -41,11 +41,11 @@ def test_changed_inputs_and_touched_outputs_make_a_stage_stale(tiny, kaggle_dir,
     wd = tmp_path / "art"
     for name in ("preprocess", "dedup"):
         run_stage(BY_NAME[name], params, wd)
-    (wd / "dedup" / "clusters.csv").write_text("tampered\n")
-    assert stage_status(BY_NAME["dedup"], params, wd) == ("stale", "output clusters.csv modified since the run")
+    (wd / "dedup" / "train" / "clusters.csv").write_text("tampered\n")
+    assert stage_status(BY_NAME["dedup"], params, wd) == ("stale", "output train/clusters.csv modified since the run")
     (kaggle_dir / "train" / "img000.png").write_bytes((kaggle_dir / "train" / "img001.png").read_bytes())
     rows = {name: (state, why) for name, state, why in statuses(params, wd)}
-    assert rows["preprocess"] == ("stale", "input data changed")
+    assert rows["preprocess"] == ("stale", "train data changed")
     assert rows["dedup"] == ("stale", "upstream preprocess is stale")
 
 

@@ -27,13 +27,12 @@ import pandas as pd
 import torch
 
 from pipeline import distributed as ddp
-from pipeline.artifacts import folder_lock, read_json, replace_dir, write_csv, write_json
+from pipeline.artifacts import finished_folds, folder_lock, read_json, replace_dir, write_csv, write_json
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows
 from pipeline.console import console
 from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
-from pipeline.runner import finished_folds
 from stages.train.distill import load_teacher
 from stages.train.folds import assign_folds
 from stages.train.rows import RowStack, Rows, concat, extra_rows
