@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import read_json, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_sample
 from pipeline.console import console, track
 from pipeline.device import resolve_device
 from pipeline.params import TTA_VIEWS, Params
@@ -225,7 +225,7 @@ def run(params: Params, paths) -> dict:
     probs, ids = predict_test(ctx, views)
 
     # Test images preprocess could not read still need a row: they get the training prior.
-    sample = pd.read_csv(pre / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sample = read_sample(pre)
     id_col = sample.columns[0]
     train_labels = ctx.index[ctx.index.split == "train"].set_index("id")["label"]
     predicted_ids = set(ids)

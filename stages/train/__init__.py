@@ -51,8 +51,11 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
     """Everything that may train (stages.train.rows), its pixels, and the labelled table for the OOF file."""
     p = params.train
     pre = paths["preprocess"]
-    index, classes, arrays = read_index(pre), read_classes(pre), read_arrays(pre)
-    clusters = read_clusters(paths["dedup"])
+    # Without pseudo or teacher-taught test rows train reads the train side alone (the runner says which).
+    sides = paths.sides("preprocess")
+    index, classes, arrays = read_index(pre, sides), read_classes(pre), read_arrays(pre, sides)
+    arrays.setdefault("test", np.zeros((0, *arrays["train"].shape[1:]), np.uint8))
+    clusters = read_clusters(paths["dedup"], sides)
     train = index[index.split == "train"].merge(clusters[["id", "cluster", "weight"]], on="id")
     train = train[train.weight > 0].reset_index(drop=True)
     if len(train) < p.folds:
