@@ -375,6 +375,36 @@ def _same_device(a: Path, b: Path) -> bool:
     return a.stat().st_dev == b.stat().st_dev
 
 
+def _train_side_plan(stage: Stage, params: Params, workdir: Path, deps: dict, code: dict, force: bool,
+                     frozen: Path | None) -> tuple[Carry | None, dict | None]:
+    """A sided stage's train side: what to carry over (or None: build it) and its lock record (key and
+    inputs; the output hash is added once written). `deps` gains the frozen side's recorded inputs."""
+    if not stage.sided:
+        return None, None
+    if frozen is not None:
+        carry = frozen_carry(stage, frozen)
+        deps.update(carry.deps)
+        return carry, carry.side
+    side_deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _train_side_deps(_deps(stage, params))}
+    train_key = hash_data({"params": _params_of(stage, params), "deps": side_deps, "code": code})
+    return _carry(stage, params, workdir, train_key, force), {"key": train_key, "deps": sorted(side_deps)}
+
+
+def _inputs(params: Params, workdir: Path, all_deps: tuple[str, ...]) -> tuple[dict[str, Path], frozenset[str]]:
+    """The folders a stage reads, by role (round1/train finds round1/... as paths["predict"] etc.; the
+    competition folder is "data"), and the roles of which it may read the train side alone."""
+    inputs, train_only = {}, set()
+    for dep in all_deps:
+        if dep.startswith(EXTERNAL):
+            continue
+        name, side = split_dep(dep)
+        role = name.rsplit("/", 1)[-1]
+        inputs[role] = data_root(params) if name == "data" else workdir / name
+        if side == TRAIN_SIDE and name != "data":
+            train_only.add(role)
+    return inputs, frozenset(train_only)
+
+
 def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, frozen: Path | None = None) -> dict:
     """Run one stage into a temporary folder (per-fold stages: in place, fold by fold), record its lock,
     then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank.
@@ -394,21 +424,8 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, 
     deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in all_deps}
     code = code_hashes(stage.kind)
     key = hash_data({"params": _params_of(stage, params), "deps": deps, "code": code})
-    carry, side = None, None
-    if stage.sided:
-        side_deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _train_side_deps(all_deps)}
-        if frozen is not None:
-            carry = frozen_carry(stage, frozen)
-            deps.update(carry.deps)
-            side = carry.side
-        else:
-            train_key = hash_data({"params": _params_of(stage, params), "deps": side_deps, "code": code})
-            carry = _carry(stage, params, workdir, train_key, force)
-            side = {"key": train_key, "deps": sorted(side_deps)}
-    # A stage reads its upstream folders by role: round1/train finds round1/... as paths["predict"] etc.
-    inputs = {split_dep(dep)[0].rsplit("/", 1)[-1]: (data_root(params) if dep.startswith("data:") else workdir / split_dep(dep)[0])
-              for dep in all_deps if not dep.startswith(EXTERNAL)}
-    train_only = frozenset(split_dep(d)[0].rsplit("/", 1)[-1] for d in all_deps if split_dep(d)[1] == TRAIN_SIDE and not d.startswith("data:"))
+    carry, side = _train_side_plan(stage, params, workdir, deps, code, force, frozen)
+    inputs, train_only = _inputs(params, workdir, all_deps)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     if world.main:
