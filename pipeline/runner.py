@@ -252,11 +252,12 @@ def _outputs_change(folder: Path, lock: dict, prefix: str = "") -> str | None:
     return None
 
 
-def _inputs_change(stage: Stage, params: Params, workdir: Path, lock: dict, deps, stale_upstream) -> str | None:
+def _inputs_change(stage: Stage, params: Params, workdir: Path, recorded: dict, deps, stale_upstream) -> str | None:
+    """Why the inputs `deps` no longer match their `recorded` fingerprints, or None."""
     for dep in deps:
         if dep in stale_upstream:
             return f"upstream {split_dep(dep)[0]}{' (train side)' if split_dep(dep)[1] else ''} is stale"
-        if lock["deps"].get(dep) != _dep_fingerprint(stage, params, workdir, dep):
+        if recorded.get(dep) != _dep_fingerprint(stage, params, workdir, dep):
             return f"input {dep} changed" if not dep.startswith("data:") else f"{split_dep(dep)[1]} data changed"
     return None
 
@@ -264,12 +265,13 @@ def _inputs_change(stage: Stage, params: Params, workdir: Path, lock: dict, deps
 def _train_side_status(stage: Stage, params: Params, workdir: Path, lock: dict, stale_upstream) -> str | None:
     """Why a sided stage's train side is stale, or None when it is fresh (params, code, the train side
     of its inputs and its train/ outputs unchanged)."""
-    if "sides" not in lock:
+    side = lock.get("sides", {}).get(TRAIN_SIDE)
+    if not isinstance(side, dict) or not isinstance(side.get("deps"), dict):
         return "the lock predates train/test sides"
     if _changed_keys(lock["params"], _params_of(stage, params), ""):
         return "params changed"
     return (_code_change(stage, lock)
-            or _inputs_change(stage, params, workdir, lock, _train_side_deps(_deps(stage, params)), stale_upstream)
+            or _inputs_change(stage, params, workdir, side["deps"], _train_side_deps(_deps(stage, params)), stale_upstream)
             or _outputs_change(workdir / stage.name, lock, f"{TRAIN_SIDE}/"))
 
 
@@ -293,7 +295,7 @@ def _status(stage: Stage, params: Params, workdir: Path, stale_upstream) -> tupl
         return "stale", code, False
     train_side = stage.sided and _train_side_status(stage, params, workdir, lock, stale_upstream) is None
     note = " (train side fresh)" if train_side else ""
-    why = (_inputs_change(stage, params, workdir, lock, _deps(stage, params), stale_upstream)
+    why = (_inputs_change(stage, params, workdir, lock["deps"], _deps(stage, params), stale_upstream)
            or _outputs_change(workdir / stage.name, lock))
     if why:
         return "stale", why + note, train_side
@@ -320,9 +322,8 @@ class Carry:
     """A finished train side that a sided stage's new run starts from: its folder and lock record."""
 
     folder: Path
-    side: dict  # the lock's sides["train"]: key, deps, outs_hash
+    side: dict  # the lock's sides["train"]: key, deps (input fingerprints), outs_hash
     outs: dict = field(default_factory=dict)  # its files' records, keyed as in the new folder ("train/...")
-    deps: dict = field(default_factory=dict)  # fingerprints recorded for its inputs (kept for the frozen side)
     link: bool = False  # place it as a link to its folder (another workdir's train side, read-only)
 
 
@@ -348,11 +349,10 @@ def frozen_carry(stage: Stage, trained: Path) -> Carry:
         raise StageError(f"{Path(trained) / stage.name} has no lock.json: {trained} is not a finished workdir (run `pipeline run` there)")
     lock = read_json(lock_path)
     side = lock.get("sides", {}).get(TRAIN_SIDE)
-    if side is None:
+    if not isinstance(side, dict) or not isinstance(side.get("deps"), dict):
         raise StageError(f"{lock_path} records no train side (made by an older version): rerun `pipeline run` in {trained}")
     outs = {rel: rec for rel, rec in lock["outs"].items() if rel.startswith(f"{TRAIN_SIDE}/")}
-    deps = {dep: lock["deps"][dep] for dep in side["deps"] if dep in lock["deps"]}
-    return Carry(Path(trained) / stage.name / TRAIN_SIDE, side, outs, deps, link=True)
+    return Carry(Path(trained) / stage.name / TRAIN_SIDE, side, outs, link=True)
 
 
 def _place_train_side(carry: Carry, dest: Path) -> None:
@@ -383,11 +383,11 @@ def _train_side_plan(stage: Stage, params: Params, workdir: Path, deps: dict, co
         return None, None
     if frozen is not None:
         carry = frozen_carry(stage, frozen)
-        deps.update(carry.deps)
+        deps.update({dep: fp for dep, fp in carry.side["deps"].items() if dep in deps})  # data:train as recorded
         return carry, carry.side
     side_deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _train_side_deps(_deps(stage, params))}
     train_key = hash_data({"params": _params_of(stage, params), "deps": side_deps, "code": code})
-    return _carry(stage, params, workdir, train_key, force), {"key": train_key, "deps": sorted(side_deps)}
+    return _carry(stage, params, workdir, train_key, force), {"key": train_key, "deps": side_deps}
 
 
 def _inputs(params: Params, workdir: Path, all_deps: tuple[str, ...]) -> tuple[dict[str, Path], frozenset[str]]:
