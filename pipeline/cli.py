@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from pipeline.console import console
+from pipeline.console import console, results
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.params import Params, load_params
 from pipeline.rounds import final_predict_dir, round_report
@@ -91,9 +91,9 @@ def run(
     if p.rounds:
         for row in round_report(wd, p.rounds):
             extra = "".join(f", {k} {v:.4f}" if isinstance(v, float) else f", {k} {v}" for k, v in row.items() if k in ("pseudo_rows", "agreement_with_previous"))
-            console.print(f"round {row['round']}: cv {row['metric']} {row['cv']:.4f}{extra}")
+            results.print(f"round {row['round']}: cv {row['metric']} {row['cv']:.4f}{extra}")
     submission = final_predict_dir(wd, p.rounds) / "submission.csv"
-    console.print(f"[bold green]done[/]: ran {', '.join(ran) if ran else 'nothing (all fresh)'}; submission: {submission}")
+    results.print(f"[bold green]done[/]: ran {', '.join(ran) if ran else 'nothing (all fresh)'}; submission: {submission}")
 
 
 @app.command()

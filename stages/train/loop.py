@@ -21,12 +21,12 @@ from timm.utils import ModelEmaV3
 from stages.train import distill
 from pipeline import distributed as ddp
 from pipeline.artifacts import write_csv
-from pipeline.console import console, progress_bar
+from pipeline.console import EpochReporter, RunClock, console
 from pipeline.params import Params
 from pipeline.errors import StageError
-from stages.train import checkpoint, curriculum, losses, metrics, schedule
+from stages.train import checkpoint, curriculum, losses, metrics, plots, schedule
 from stages.train import gpu_augment
-from stages.train.data import CacheDataset, EpochSampler, epoch_order, loader, sampling_weights
+from stages.train.data import CacheDataset, EpochSampler, data_workers, epoch_order, loader, sampling_weights
 from pipeline.device import autocast_dtype, to_input
 from stages.train.model import apply_freezing, create_model, param_groups
 
@@ -53,7 +53,16 @@ def predict(model, pixels, rows, norm, device, batch_size, amp) -> np.ndarray:
     return np.concatenate(out)
 
 
-def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.device) -> np.ndarray:
+def tensorboard_scalars(enabled: bool, fold_dir: Path):
+    """The fold's TensorBoard writer (rank 0 only), or None; train.tensorboard was checked before any work."""
+    if not enabled or not ddp.is_main():
+        return None
+    from stages.train.tensorboard import Scalars
+
+    return Scalars(fold_dir / "tensorboard")
+
+
+def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.device, clock: RunClock | None = None) -> np.ndarray:
     """Train fold `fold`; returns the best checkpoint's validation probabilities (OOF rows)."""
     p, d = params.train, params.distill
     fold_dir = out / f"fold{fold}"
@@ -95,7 +104,7 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     cw = losses.class_weights(part.labels, num_classes, p.class_weights)
     cw = torch.tensor(cw, dtype=torch.float32, device=device) if cw is not None else None
     if ddp.is_main():
-        schedule.plot(fold_dir / "lr_schedule.png", total, warmup, lr, p, steps_per_epoch)
+        plots.lr_schedule(fold_dir / "lr_schedule.png", total, warmup, lr, p, steps_per_epoch)
 
     meta = {"model": p.model, "classes": data["classes"], "in_chans": int(pixels.shape[3]), "norm": data["norm"],
             "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold}
@@ -127,13 +136,15 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
         seed_everything(seed)
     sampler = EpochSampler(len(part))
     drop_last = len(part) >= p.batch_size
-    cpu_loader = None if device_batches is not None else loader(dataset, sampler, batch_size, p.workers, device.type == "cuda", drop_last, seed)
+    cpu_loader = None if device_batches is not None else loader(dataset, sampler, batch_size, data_workers(p.workers), device.type == "cuda", drop_last, seed)
     step = start_epoch * steps_per_epoch
-    with progress_bar() as bar:
-        task = bar.add_task(f"fold {fold}", total=p.epochs, completed=start_epoch, info="")
+    if clock is not None:
+        clock.skip(start_epoch)  # epochs a resumed fold already trained are not in the run's ETA
+    with EpochReporter(f"fold {fold}", p.epochs, start_epoch, clock, tensorboard_scalars(p.tensorboard, fold_dir)) as report:
         for epoch in range(start_epoch, p.epochs):
             if p.patience and stale >= p.patience:
                 console.print(f"fold {fold}: early stop, no improvement in {p.patience} epochs")
+                report.stopped_early(epoch)
                 break
             seed_everything(ddp.rank_seed(seed * 100003 + epoch))
             if dataset.transform is not None:
@@ -188,7 +199,7 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                         ema.update(model, step=step)
                 seen += len(x)
                 loss_sum += loss.item() * len(x)
-                bar.update(task, info=f"loss {loss_sum / seen:.3f}  {seen / (time.perf_counter() - t0):.0f} img/s")
+                report.batch(f"loss {loss_sum / seen:.3f}  {seen / (time.perf_counter() - t0):.0f} img/s")
             train_seconds = time.perf_counter() - t0
             loss_sum, seen = ddp.all_sum([loss_sum, seen])
             evaluated = ema.module if ema is not None else model
@@ -213,5 +224,5 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                                                    "history": history, "best": best, "best_probs": best_probs, "stale": stale,
                                                    "seed": params.seed, "data": data_key})
             write_metrics(fold_dir / "metrics.csv", history)
-            bar.update(task, advance=1, info=f"{p.metric} {scores[p.metric]:.4f} (best {best:.4f})")
+            report.epoch(row, p.metric, best)
     return best_probs
