@@ -30,7 +30,8 @@ from pipeline.params import TTA_VIEWS, Params
 from pipeline.errors import StageError
 from stages.predict.compatible import check_runs
 from stages.predict.correction import correct
-from stages.predict.ensemble import Member, find_members, fit_weights, load_model, log_loss, predict_views, read_oof
+from pipeline.blend import fit_weights, log_loss
+from stages.predict.ensemble import Member, find_members, load_model, predict_views, read_oof
 from stages.predict.plots import plot_predictions
 from stages.predict.submission import build_submission, write_submission
 from stages.predict.tta import MERGES, expand, merge
