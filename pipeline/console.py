@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -77,13 +77,30 @@ class RunClock:
         return self.seconds / max(1, self.done) * max(0, self.total_epochs - self.done)
 
 
+@dataclass(frozen=True)
+class EpochResult:
+    """One finished training epoch, as every epoch log reads it (progress bar, batch-job log, TensorBoard)."""
+
+    fold: int
+    epoch: int  # 0-based
+    epochs: int  # planned epochs of the fold
+    train_loss: float
+    val_loss: float
+    metric: str
+    value: float  # validation `metric` this epoch
+    best: float  # best validation `metric` so far
+    images_per_s: float  # training images per second (the step alone, no validation)
+    seconds: float  # the whole epoch: training, validation, checkpoint
+    row: dict = field(default_factory=dict)  # the epoch's metrics.csv row (lr, every validation metric): TensorBoard's scalars
+
+
 class EpochReporter:
-    """One fold's epochs as they end: a progress bar when stderr is a terminal, else one line per
-    epoch; optionally the same numbers as TensorBoard scalars (`scalars`, called with the epoch's row).
+    """One fold's epochs as they end: a progress bar when stderr is a terminal, else one line per epoch
+    with the fold's and the run's ETA; optionally each epoch's row as TensorBoard scalars (`scalars`).
 
         with EpochReporter("fold 0", epochs=40, start=0, clock=clock) as report:
-            ... report.batch("loss 0.41  812 img/s")   # inside the epoch (bar only)
-            report.epoch(row, metric="accuracy", best=0.95)
+            ... report.batch("loss 0.41  812 img/s")   # inside the epoch (the bar only)
+            report_epoch(EpochResult(...), report)     # the one call per epoch
     """
 
     def __init__(self, name: str, epochs: int, start: int, clock: RunClock | None = None,
@@ -95,13 +112,11 @@ class EpochReporter:
         self.enabled = is_main_process()
         self.fold_seconds, self.fold_done = 0.0, 0
         self._bar: Progress | None = None
-        self._t0 = time.perf_counter()
 
     def __enter__(self) -> "EpochReporter":
         if self.interactive and self.enabled:
             self._bar = progress_bar().__enter__()
             self._task = self._bar.add_task(self.name, total=self.epochs, completed=self.start, info="")
-        self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -119,31 +134,35 @@ class EpochReporter:
         """The fold ends before its last epoch: its remaining epochs leave the run's ETA."""
         self.clock.skip(self.epochs - epoch)
 
-    def epoch(self, row: dict, metric: str, best: float) -> str:
-        """Report the epoch that just ended (`row`: metrics.csv's row, epoch 0-based); returns the line."""
-        now = time.perf_counter()
-        seconds, self._t0 = now - self._t0, now
-        self.fold_seconds, self.fold_done = self.fold_seconds + seconds, self.fold_done + 1
-        self.clock.add(seconds)
-        number = int(row["epoch"]) + 1
+    def epoch(self, result: EpochResult) -> str:
+        """Report the epoch that just ended; returns its log line."""
+        self.fold_seconds, self.fold_done = self.fold_seconds + result.seconds, self.fold_done + 1
+        self.clock.add(result.seconds)
+        number = result.epoch + 1
         fold_eta = self.fold_seconds / self.fold_done * (self.epochs - number)
-        value = row.get(f"val_{metric}", float("nan"))
-        line = (f"{self.name} epoch {number}/{self.epochs}  loss {row['train_loss']:.4f}  {metric} {value:.4f} (best {best:.4f})"
-                f"  {row.get('images_per_s', 0):.0f} img/s  epoch {duration(seconds)}  elapsed {duration(self.clock.seconds)}"
+        score = f"{result.metric} {result.value:.4f} (best {result.best:.4f})"
+        line = (f"{self.name} epoch {number}/{self.epochs}  loss {result.train_loss:.4f}  val loss {result.val_loss:.4f}  {score}"
+                f"  {result.images_per_s:.0f} img/s  epoch {duration(result.seconds)}  elapsed {duration(self.clock.seconds)}"
                 f"  eta fold {duration(fold_eta)}  eta run {duration(self.clock.eta())}")
-        if self.scalars is not None and self.enabled:
-            self.scalars(row)
         if not self.enabled:
             return line
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, info=f"{metric} {value:.4f} (best {best:.4f})  run eta {duration(self.clock.eta())}")
+        if self.scalars is not None:
+            self.scalars({"epoch": result.epoch, "train_loss": result.train_loss, "val_loss": result.val_loss,
+                          f"val_{result.metric}": result.value, "images_per_s": result.images_per_s, **result.row})
+        if self._bar is None:
+            console.print(line, soft_wrap=True, markup=False)
+        else:
+            self._bar.update(self._task, advance=1, info=f"{score}  {result.images_per_s:.0f} img/s  run eta {duration(self.clock.eta())}")
             if not self.clock.announced and self.clock.total_epochs > self.clock.done:
                 console.print(f"run: {self.clock.total_epochs} epochs to train at about {duration(self.clock.seconds / self.clock.done)} "
                               f"each; eta {duration(self.clock.eta())}")
-        else:
-            console.print(line, soft_wrap=True, markup=False)
         self.clock.announced = True
         return line
+
+
+def report_epoch(result: EpochResult, reporter: EpochReporter) -> str:
+    """The one place a finished epoch is reported (the training loop calls it once per epoch)."""
+    return reporter.epoch(result)
 
 
 def summary(title: str, rows: dict[str, Any]) -> None:

@@ -4,32 +4,30 @@ import re
 
 import pytest
 
-from pipeline import console as console_module
-from pipeline.console import EpochReporter, RunClock, duration, summary
+from pipeline.console import EpochReporter, EpochResult, RunClock, duration, report_epoch, summary
 
 
-def row(epoch, loss=0.5, acc=0.9):
-    return {"epoch": epoch, "train_loss": loss, "val_accuracy": acc, "images_per_s": 123.4}
+def row(epoch, loss=0.5, acc=0.9, seconds=10.0):
+    return EpochResult(fold=0, epoch=epoch, epochs=4, train_loss=loss, val_loss=0.7, metric="accuracy", value=acc, best=acc,
+                       images_per_s=123.4, seconds=seconds, row={"epoch": epoch, "lr": 0.01})
 
 
 def test_duration_reads_like_a_clock():
     assert duration(5) == "0:05" and duration(125) == "2:05" and duration(3723) == "1:02:03" and duration(-1) == "0:00"
 
 
-def test_non_terminal_prints_one_line_per_epoch_with_fold_and_run_eta(capsys, monkeypatch):
-    times = iter([0.0, 0.0, 10.0, 30.0])  # enter, then epochs ending 10 s and 20 s later
-    monkeypatch.setattr(console_module.time, "perf_counter", lambda: next(times))
+def test_non_terminal_prints_one_line_per_epoch_with_fold_and_run_eta(capsys):
     clock = RunClock(total_epochs=8)  # two folds of 4 epochs
     logged = []
     with EpochReporter("fold 0", epochs=4, start=0, clock=clock, scalars=logged.append, interactive=False) as report:
-        first = report.epoch(row(0), "accuracy", 0.9)
-        second = report.epoch(row(1, 0.4, 0.95), "accuracy", 0.95)
+        first = report_epoch(row(0, seconds=10.0), report)
+        second = report_epoch(row(1, 0.4, 0.95, seconds=20.0), report)
     err = capsys.readouterr().err
     assert err.count("fold 0 epoch ") == 2 and "fold 0 epoch 1/4" in err and "fold 0 epoch 2/4" in err  # 1-based
     assert first in err and "loss 0.5000" in first and "accuracy 0.9000" in first and "123 img/s" in first
     assert "eta fold 0:30" in first and "eta run 1:10" in first  # 10 s per epoch: 3 left in the fold, 7 in the run
     assert "eta fold 0:30" in second and "eta run 1:30" in second and "elapsed 0:30" in second  # 15 s per epoch now
-    assert [r["epoch"] for r in logged] == [0, 1]
+    assert [(r["epoch"], r["lr"], r["val_accuracy"]) for r in logged] == [(0, 0.01, 0.9), (1, 0.01, 0.95)]
 
 
 def test_resumed_and_early_stopped_epochs_leave_the_run_eta():
@@ -45,8 +43,8 @@ def test_resumed_and_early_stopped_epochs_leave_the_run_eta():
 def test_terminal_mode_announces_the_run_eta_once(capsys, monkeypatch):
     clock = RunClock(total_epochs=4)
     with EpochReporter("fold 0", epochs=2, start=0, clock=clock, interactive=True) as report:
-        report.epoch(row(0), "accuracy", 0.9)
-        report.epoch(row(1), "accuracy", 0.9)
+        report_epoch(row(0), report)
+        report_epoch(row(1), report)
     assert capsys.readouterr().err.count("run: 4 epochs to train") == 1
 
 
