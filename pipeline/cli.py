@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.console import console, results
+from pipeline.console import console, is_main_process, results
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.params import Params, load_params
 from pipeline.rounds import final_predict_dir, round_report
@@ -27,7 +27,8 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="overri
 
 
 def _fail(message: str, code: int) -> None:
-    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)  # a message may hold [brackets]
+    if is_main_process():  # under torchrun every rank meets the same error: one line, rank 0's
+        console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)  # a message may hold [brackets]
     raise typer.Exit(code)
 
 
