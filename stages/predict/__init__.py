@@ -29,8 +29,10 @@ from pipeline.console import console, track
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.params import TTA_VIEWS, Params
 from pipeline.errors import StageError
+from stages.predict.compatible import check_runs
 from stages.predict.correction import correct
-from stages.predict.ensemble import Member, find_members, fit_weights, load_model, log_loss, predict_views, read_oof
+from pipeline.blend import fit_weights, log_loss
+from stages.predict.ensemble import Member, find_members, load_model, predict_views, read_oof
 from stages.predict.plots import plot_predictions
 from stages.predict.submission import build_submission, write_submission
 from stages.predict.tta import MERGES, expand, merge
@@ -74,6 +76,7 @@ class Context:
         self.arrays = read_arrays(pre)
         self.row_of = {s: self.index[self.index.split == s].set_index("id")["row"] for s in ("train", "test")}
         self.run_dirs = [Path(paths["train"])] + [Path(r).expanduser() for r in self.p.runs]
+        check_runs(pre, self.run_dirs[1:])
         self.members, self.missing = find_members(self.run_dirs)
         self.device = resolve_device(self.p.device)
         self.amp = autocast_dtype(self.p.amp, self.device)
