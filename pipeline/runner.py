@@ -246,8 +246,11 @@ def _outputs_change(folder: Path, lock: dict, prefix: str = "") -> str | None:
     if current != set(recorded):
         return "outputs added or removed since the run"
     for rel, rec in recorded.items():
-        st = (folder / rel).stat()
-        if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]):
+        path = folder / rel
+        st = path.stat()
+        # Size and mtime first (cheap); when they differ the content decides, so a `touch` or a copy that
+        # kept the bytes leaves the stage fresh, and only a real edit makes it stale.
+        if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]) and (st.st_size != rec["size"] or hash_file(path) != rec["hash"]):
             return f"output {rel} modified since the run"
     return None
 
