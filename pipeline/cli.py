@@ -31,12 +31,15 @@ def _fail(message: str, code: int) -> None:
 
 
 def _load(params_path: Path, workdir: str | None, overrides: list[str] | None) -> tuple[Params, Path]:
+    notes: list[str] = []
     try:
-        params, applied = load_params(params_path, overrides or [], workdir)
+        params, applied = load_params(params_path, overrides or [], workdir, notes=notes)
     except ParamsError as exc:
         _fail(str(exc), 2)
     if applied:
         console.print(f"[cyan]example overrides (data.root is {params.data.root}):[/] " + ", ".join(applied), soft_wrap=True)
+    for note in notes:  # the finetune preset, when pretrained weights load
+        console.print(f"[cyan]{escape(note)}[/]", soft_wrap=True)
     return params, Path(params.workdir)
 
 
@@ -103,3 +106,22 @@ def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, 
     rows = _guard(lambda: statuses(p, wd))
     for name, state, why in rows:
         typer.echo(f"{name:<15} {state:<8} {why}")
+
+
+@app.command()
+def weights(
+    models: Annotated[Optional[list[str]], typer.Argument(help="timm model names, with or without a pretrained tag")] = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="folder to write DIR/<model>/ into (attach it as a Kaggle dataset)")] = None,
+    list_: Annotated[Optional[str], typer.Option("--list", help="list timm models with pretrained weights matching PATTERN, e.g. 'convnext*'")] = None,
+) -> None:
+    """Copy (from the Hugging Face cache) or download models' weights into DIR/<model> for offline training."""
+    from pipeline.weights_export import export_weights, list_weights
+
+    if list_ is not None:
+        for line in _guard(lambda: list_weights(list_)):
+            typer.echo(line)
+        return
+    if not models or to is None:
+        _fail("pipeline weights: give MODEL [MODEL...] --to DIR, or --list PATTERN", 2)
+    for line in _guard(lambda: export_weights(models, to)):
+        console.print(escape(line), soft_wrap=True)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ParamsError
+from pipeline.errors import CheckError, ParamsError
 
 EXAMPLE_ROOT = "example:digits"
 
@@ -111,10 +111,11 @@ class AugmentParams(Section):
 class TrainParams(Section):
     # Model.
     model: str  # any timm model name
-    pretrained: str | None  # local weights file (.safetensors or torch checkpoint); no hub downloads
+    pretrained: bool | str | None  # null/false: scratch; true: timm's weights (HF cache, download online); auto; a local file/folder
+    pretrained_min_fit: float = Field(gt=0.0, le=1.0)  # weights must fill at least this share of the model's tensors
     drop_rate: float = Field(ge=0.0, lt=1.0)  # dropout before the classifier
     drop_path: float = Field(ge=0.0, lt=1.0)  # stochastic depth
-    norm: Literal["dataset", "imagenet"]  # input normalisation: the training cache's mean/std, or ImageNet's
+    norm: Literal["dataset", "imagenet", "pretrained"]  # the cache's mean/std, ImageNet's, or the loaded weights' own
     # Folds.
     folds: int = Field(ge=2, le=50)
     fold: int | None = Field(ge=0)  # train only this fold (one job per GPU/node); None: all folds
@@ -161,6 +162,7 @@ class TrainParams(Section):
     freeze_epochs: int = Field(ge=0)  # train only the head for the first N epochs
     unfreeze: Literal["all", "gradual"]  # after that: everything at once, or one layer group per epoch from the top
     backbone_lr: float = Field(gt=0.0, le=1.0)  # backbone lr as a fraction of the head's
+    layer_decay: float | None = Field(gt=0.0, le=1.0)  # lr x this per layer group below the head (timm's layer_decay); None: off
     late_freeze_at: float | None = Field(gt=0.0, lt=1.0)  # fraction of training after which early layers freeze
     late_freeze_groups: int = Field(ge=0)  # how many layer groups (from the stem) late freezing freezes
     # Speed.
@@ -237,11 +239,20 @@ class Params(Section):
     pseudo: PseudoParams
     rounds: int = Field(ge=0, le=10)  # pseudo-label rounds after the first train -> predict
     distill: DistillParams
+    finetune: dict[str, Any]  # dotted-key train overrides applied when pretrained weights load (unless set with -S)
     example: dict[str, Any]  # dotted-key overrides applied only to the built-in example
 
     @property
     def is_example(self) -> bool:
         return self.data.root == EXAMPLE_ROOT
+
+    @field_validator("finetune")
+    @classmethod
+    def _train_keys(cls, value):
+        wrong = [k for k in value if not k.startswith("train.")]
+        if wrong:
+            raise ValueError(f"finetune overrides train keys only (train.lr, ...), got {', '.join(wrong)}")
+        return value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -306,9 +317,11 @@ def load_raw(path: Path) -> dict:
     return raw
 
 
-def load_params(path: Path, overrides: list[str] = (), workdir: str | None = None) -> tuple[Params, list[str]]:
-    """Load, apply example and command-line overrides, validate. Returns the params and the list of
-    example overrides applied (to print), so that nothing is shrunk silently."""
+def load_params(path: Path, overrides: list[str] = (), workdir: str | None = None, notes: list[str] | None = None) -> tuple[Params, list[str]]:
+    """Load, apply example and command-line overrides, validate, then the finetune preset when pretrained
+    weights will load. Returns the params and the list of example overrides applied (to print), so that
+    nothing is shrunk silently; `notes`, when given, receives the weights decision and the finetune
+    overrides, one line each (the CLI prints them)."""
     raw = load_raw(Path(path))
     user = [parse_override(o) for o in overrides]
     if workdir is not None:
@@ -323,7 +336,34 @@ def load_params(path: Path, overrides: list[str] = (), workdir: str | None = Non
                 applied.append(f"{key}={value}")
     for key, value in user:
         set_dotted(raw, key, value)
-    return validate(raw), applied
+    params = validate(raw)
+    tuned, said = finetune_overrides(params, {k for k, _ in user} | {a.partition("=")[0] for a in applied})
+    if tuned:
+        for key, value in tuned.items():
+            set_dotted(raw, key, value)
+        params = validate(raw)
+    if notes is not None and said:
+        notes.append(said)
+    return params, applied
+
+
+def finetune_overrides(params: Params, explicit: set[str]) -> tuple[dict[str, Any], str]:
+    """The finetune preset when pretrained weights will load, minus the keys set explicitly (-S or the example
+    section), and one line saying so. The weights are only looked up (cache, reachability), never downloaded."""
+    if params.train.pretrained in (None, False) or not params.finetune:
+        return {}, ""
+    from pipeline.weights import will_load  # timm and huggingface_hub: only when weights are asked for
+
+    try:
+        weights = will_load(params.train)
+    except CheckError:  # a bad path or an uncached model: train's check reports it, before any work
+        return {}, ""
+    if not weights.loaded:  # auto chose scratch: train says so in its first line
+        return {}, ""
+    tuned = {k: v for k, v in params.finetune.items() if k not in explicit}
+    kept = [k for k in params.finetune if k in explicit]
+    listed = ", ".join(f"{k}={v}" for k, v in tuned.items()) or "none"
+    return tuned, f"finetune overrides ({weights.describe()}): {listed}" + (f"; kept your {', '.join(kept)}" if kept else "")
 
 
 def section(params: Params, name: str) -> Any:

@@ -100,7 +100,34 @@ def data_root(params: Params) -> Path:
     return Path(params.data.root).expanduser()
 
 
-def _dep_fingerprint(stage: Stage, params: Params, workdir: Path, dep: str) -> str | None:
+WEIGHTS = "weights"  # train's pretrained weights, by identity: new weights make train stale
+
+
+def weights_identity(params: Params, fetch: bool) -> str:
+    """The identity of the weights train loads (pipeline.weights): hub repo@revision:blob, sha256 of a local
+    file, or scratch. Running train may download them (fetch); status only looks, and says when they are gone."""
+    from pipeline.errors import CheckError
+    from pipeline.weights import resolve_weights
+
+    try:
+        return resolve_weights(params.train, fetch=fetch).identity
+    except CheckError as exc:
+        if fetch:
+            raise
+        return f"unavailable: {exc}"
+
+
+def check_weights(params: Params) -> None:
+    """Weights that cannot be had (true offline and not cached, a missing path) stop a run before preprocess."""
+    from pipeline.weights import resolve_weights
+
+    if params.train.pretrained not in (None, False):
+        resolve_weights(params.train, fetch=False)
+
+
+def _dep_fingerprint(stage: Stage, params: Params, workdir: Path, dep: str, fetch: bool = False) -> str | None:
+    if dep == WEIGHTS:
+        return weights_identity(params, fetch)
     if dep == "data":
         root = data_root(params)
         return fingerprint(root, content=params.data.full_hash) if root.is_dir() else None
@@ -116,8 +143,10 @@ def _deps(stage: Stage, params: Params) -> tuple[str, ...]:
         return ("data",) + stage.deps
     if stage.kind == "predict":  # extra train runs to ensemble are inputs too, so retraining one is seen
         return stage.deps + tuple(EXTERNAL + run for run in params.predict.runs)
-    if stage.kind == "train" and params.distill.teacher:  # so does a teacher's new prediction
-        return stage.deps + (EXTERNAL + str(Path(params.distill.teacher) / "predict"),)
+    if stage.kind == "train":  # pretrained weights and a teacher's predictions are train inputs too
+        weights = (WEIGHTS,) if params.train.pretrained not in (None, False) else ()
+        teacher = (EXTERNAL + str(Path(params.distill.teacher) / "predict"),) if params.distill.teacher else ()
+        return stage.deps + weights + teacher
     return stage.deps
 
 
@@ -213,10 +242,10 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False) 
         if not world.main:
             return {}
         console.print(f"{stage.name} is single-process: rank 0 runs it, the other {world.size - 1} processes exit")
-    deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _deps(stage, params)}
+    deps = {dep: _dep_fingerprint(stage, params, workdir, dep, fetch=True) for dep in _deps(stage, params)}
     # A stage reads its upstream folders by role: round1/train finds round1/... as paths["predict"] etc.
     inputs = {dep.rsplit("/", 1)[-1]: (data_root(params) if dep == "data" else workdir / dep)
-              for dep in _deps(stage, params) if not dep.startswith(EXTERNAL)}
+              for dep in _deps(stage, params) if not dep.startswith(EXTERNAL) and dep != WEIGHTS}
     key = hash_data({"params": _params_of(stage, params), "deps": deps})
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -263,6 +292,7 @@ def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
     if distributed.from_env().size > 1:
         raise StageError("`pipeline run` is single-process: under torchrun launch `pipeline train`, then run "
                          "`pipeline run` or `pipeline predict` without torchrun (docs/distributed.md)")
+    check_weights(params)
     ran = []
     for stage in stages_for(params):
         # Upstream stages already ran, so their new locks decide (an identical output reruns nothing).

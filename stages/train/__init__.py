@@ -34,6 +34,7 @@ from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
 from pipeline.runner import finished_folds
+from pipeline.weights import Weights, resolve_weights, weights_norm
 from stages.train.distill import load_teacher
 from stages.train.folds import assign_folds
 from stages.train.rows import RowStack, Rows, concat, extra_rows
@@ -41,15 +42,18 @@ from stages.train.rows import RowStack, Rows, concat, extra_rows
 PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
 
-def check(params: Params) -> None:
-    """Refuse options this version does not implement, rather than ignoring them silently."""
+def check(params: Params) -> Weights:
+    """Refuse options this version does not implement, rather than ignoring them silently; find the
+    pretrained weights (downloading them when online), or stop before any work."""
     p = params.train
     if p.fold is not None and p.fold >= p.folds:
         raise StageError(f"train.fold = {p.fold}: expected 0..{p.folds - 1} (train.folds = {p.folds})")
+    return resolve_weights(p)
 
 
-def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
-    """Everything that may train (stages.train.rows), its pixels, and the labelled table for the OOF file."""
+def load_data(params: Params, paths, weights: Weights) -> tuple[dict, pd.DataFrame]:
+    """Everything that may train (stages.train.rows), its pixels, the labelled table for the OOF file, and
+    how timm loads the weights (checked here, before any fold)."""
     p = params.train
     pre = paths["preprocess"]
     index, classes, arrays = read_index(pre), read_classes(pre), read_arrays(pre)
@@ -89,7 +93,12 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
             "pixels": RowStack([arrays["train"], copies, arrays["test"]]), "classes": classes,
             "transform": A.load(str(paths["augment"] / "transform.json"), data_format="json"),
             "gpu_recipe": read_json(paths["augment"] / "gpu_augment.json") if (paths["augment"] / "gpu_augment.json").is_file() else None,
-            "norm": normalisation(arrays["train"], p.norm, params.seed)}
+            "norm": normalisation(arrays["train"], p.norm, params.seed, pretrained=weights_norm(weights, p.model) if p.norm == "pretrained" else None),
+            "weights": {"kind": weights.kind, "identity": weights.identity, "source": weights.source, "note": weights.note}}
+    from stages.train.model import weight_loading
+
+    shape = arrays["train"].shape
+    data["loading"] = weight_loading(p, weights, len(classes), shape[3], tuple(shape[1:3]))
     return data, train
 
 
@@ -112,8 +121,10 @@ def run(params: Params, paths) -> dict:
     from stages.train.loop import train_fold
 
     p = params.train
-    check(params)
-    data, train = load_data(params, paths)
+    weights = check(params)
+    if ddp.is_main():
+        console.print(f"train: {p.model} {weights.describe()}")
+    data, train = load_data(params, paths, weights)
     device = ddp.local_device(resolve_device(p.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = p.cudnn_benchmark
@@ -149,7 +160,7 @@ def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, p
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
     plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
-    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", "")})
+    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), "weights": data["weights"]})
     replace_dir(partial, paths.out / f"fold{fold}")
 
 

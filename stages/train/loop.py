@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm.optim
 import torch
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
@@ -28,7 +27,8 @@ from stages.train import checkpoint, curriculum, losses, metrics, schedule
 from stages.train import gpu_augment
 from stages.train.data import CacheDataset, EpochSampler, epoch_order, loader, sampling_weights
 from pipeline.device import autocast_dtype, to_input
-from stages.train.model import apply_freezing, create_model, param_groups
+from stages.train.model import apply_freezing, create_model, create_optimizer
+from pipeline.weights import input_size_kwargs as architecture_kwargs
 
 
 def seed_everything(seed: int) -> None:
@@ -85,10 +85,10 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
         raise StageError("train.gpu_augment: augment/gpu_augment.json is missing; rerun `pipeline augment`")
     device_batches = gpu_augment.DeviceBatches(pixels, part.rows, part.labels, data["gpu_recipe"], data["norm"], device) if on_device else None
 
-    model = create_model(p, num_classes, pixels.shape[3]).to(device)
+    model = create_model(p, num_classes, pixels.shape[3], data["loading"], tuple(pixels.shape[1:3])).to(device)
     if p.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay, momentum=p.momentum)
+    optimizer = create_optimizer(model, p, lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     ema = ModelEmaV3(model, decay=p.ema, use_warmup=True) if p.ema > 0 else None
     mixup = Mixup(mixup_alpha=p.mixup, cutmix_alpha=p.cutmix, prob=p.mix_prob, label_smoothing=0.0) if p.mixup or p.cutmix else None
@@ -97,7 +97,8 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     if ddp.is_main():
         schedule.plot(fold_dir / "lr_schedule.png", total, warmup, lr, p, steps_per_epoch)
 
-    meta = {"model": p.model, "classes": data["classes"], "in_chans": int(pixels.shape[3]), "norm": data["norm"],
+    meta = {"model": p.model, "classes": data["classes"], "in_chans": int(pixels.shape[3]), "norm": data["norm"], "weights": data["weights"],
+            "model_kwargs": architecture_kwargs(p.model, tuple(pixels.shape[1:3])),
             "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold}
     history, best, best_probs, start_epoch, stale = [], None, None, 0, 0
     last = checkpoint.load(fold_dir / "last.pt")
