@@ -222,9 +222,12 @@ def will_load(train: Any) -> Weights:
     return resolve_weights(train, fetch=False)
 
 
-def read_state_dict(path: Path) -> dict:
+def read_state_dict(path: Path, trusted: bool = False) -> dict:
     """Tensors of a weights file: safetensors, a timm/torch state dict, or a checkpoint that wraps one
-    (ours keep the EMA weights, which were the validated ones, under ema_state_dict)."""
+    (ours keep the EMA weights, which were the validated ones, under ema_state_dict). Pickles are read with
+    torch's weights_only guard; only a local file the user named (trusted) may need the full unpickler."""
+    import pickle
+
     import torch
     from timm.models import load_state_dict
 
@@ -232,7 +235,9 @@ def read_state_dict(path: Path) -> dict:
         return load_state_dict(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # our own checkpoints carry metadata (numpy scalars) that weights_only refuses
+    except pickle.UnpicklingError:  # our own checkpoints carry metadata (numpy scalars) that weights_only refuses
+        if not trusted:
+            raise
         state = torch.load(path, map_location="cpu", weights_only=False)
     for key in ("ema_state_dict", "state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -243,18 +248,18 @@ def read_state_dict(path: Path) -> dict:
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items() if torch.is_tensor(v)}
 
 
-def tensor_shapes(path: Path) -> dict[str, tuple]:
+def tensor_shapes(path: Path, trusted: bool = False) -> dict[str, tuple]:
     """Names and shapes of the file's tensors; safetensors are read from the header alone."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
             return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+    return {k: tuple(v.shape) for k, v in read_state_dict(path, trusted).items()}
 
 
 def checkpoint_norm(path: Path) -> dict | None:
-    """The input normalisation one of our checkpoints trained with (its `norm`), else None."""
+    """The input normalisation one of our checkpoints (a local file the user named) trained with, else None."""
     if path.suffix == ".safetensors":
         return None
     import torch
@@ -323,7 +328,8 @@ def timm_kwargs(weights: Weights, model_name: str, num_classes: int, in_chans: i
         return {"pretrained": False}
     if weights.path is None:
         raise CheckError(f"train.pretrained: {weights.source} is not downloaded; `{fetch_command(model_name)}` uses it")
-    shapes = tensor_shapes(weights.path)
+    trusted = weights.kind == "file"  # a path the user gave; hub files never go through the full unpickler
+    shapes = tensor_shapes(weights.path, trusted)
     target = meta_model(model_name, num_classes, in_chans, extra)
     fitting, clash = fit(target, shapes)
     total = len(target.state_dict())
@@ -336,7 +342,7 @@ def timm_kwargs(weights: Weights, model_name: str, num_classes: int, in_chans: i
     if weights.path.suffix == ".safetensors" and not clash:
         overlay["file"] = str(weights.path)
     else:
-        overlay["state_dict"] = {k: v for k, v in read_state_dict(weights.path).items() if k not in clash}
+        overlay["state_dict"] = {k: v for k, v in read_state_dict(weights.path, trusted).items() if k not in clash}
     return {"pretrained": True, "pretrained_cfg_overlay": overlay, "pretrained_strict": False}
 
 
@@ -357,7 +363,7 @@ def input_size_kwargs(model_name: str, size: tuple[int, int]) -> dict:
 def weights_norm(weights: Weights, model_name: str) -> dict:
     """The mean/std (0..1 scale) the weights were trained with: one of our checkpoints records its own; a model
     folder's config.json holds its pretrained_cfg; otherwise timm's pretrained_cfg for the model (and tag)."""
-    if weights.path is not None:
+    if weights.path is not None and weights.kind == "file":
         own = checkpoint_norm(weights.path)
         if own is not None:
             return {"mean": list(own["mean"]), "std": list(own["std"])}
