@@ -118,11 +118,12 @@ def weights_identity(params: Params, fetch: bool) -> str:
 
 
 def check_weights(params: Params) -> None:
-    """Weights that cannot be had (true offline and not cached, a missing path) stop a run before preprocess."""
-    from pipeline.weights import resolve_weights
+    """Weights that cannot be had (true offline and not cached, a missing path) or that are for another model
+    stop a run before preprocess."""
+    from pipeline.weights import check_pretrained
 
     if params.train.pretrained not in (None, False):
-        resolve_weights(params.train, fetch=False)
+        check_pretrained(params.train)
 
 
 def _dep_fingerprint(stage: Stage, params: Params, workdir: Path, dep: str, fetch: bool = False) -> str | None:

@@ -319,6 +319,26 @@ def meta_model(model_name: str, num_classes: int, in_chans: int, extra: dict) ->
         return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **extra)
 
 
+def fit_or_refuse(weights: Weights, target: Any, model_name: str, min_fit: float) -> tuple[dict[str, tuple], list[str]]:
+    """The weights' tensor shapes and the names that clash, or a CheckError when they fill under min_fit of the model."""
+    shapes = tensor_shapes(weights.path, trusted=weights.kind == "file")
+    fitting, clash = fit(target, shapes)
+    total = len(target.state_dict())
+    if len(fitting) < min_fit * total:
+        raise CheckError(f"train.pretrained: {weights.path} fits only {len(fitting)} of {total} tensors of {model_name} "
+                         f"(train.pretrained_min_fit = {min_fit}); are they for train.model?")
+    return shapes, clash
+
+
+def check_pretrained(train: Any, fetch: bool = False) -> Weights:
+    """Before any work: the weights train.pretrained names can be had and fit train.model (built on the meta
+    device, so this costs no memory; the class and channel counts do not matter, timm adapts those)."""
+    weights = resolve_weights(train, fetch=fetch)
+    if weights.loaded and weights.path is not None:
+        fit_or_refuse(weights, meta_model(train.model, 1000, 3, {}), train.model, train.pretrained_min_fit)
+    return weights
+
+
 def timm_kwargs(weights: Weights, model_name: str, num_classes: int, in_chans: int, min_fit: float, extra: dict) -> dict:
     """create_model arguments that make timm load the weights: pretrained_cfg_overlay=dict(file=...) when
     every tensor fits (timm reads the file), else the fitting tensors as a state dict. Either way timm's loader
@@ -329,13 +349,8 @@ def timm_kwargs(weights: Weights, model_name: str, num_classes: int, in_chans: i
     if weights.path is None:
         raise CheckError(f"train.pretrained: {weights.source} is not downloaded; `{fetch_command(model_name)}` uses it")
     trusted = weights.kind == "file"  # a path the user gave; hub files never go through the full unpickler
-    shapes = tensor_shapes(weights.path, trusted)
     target = meta_model(model_name, num_classes, in_chans, extra)
-    fitting, clash = fit(target, shapes)
-    total = len(target.state_dict())
-    if len(fitting) < min_fit * total:
-        raise CheckError(f"train.pretrained: {weights.path} fits only {len(fitting)} of {total} tensors of {model_name} "
-                         f"(train.pretrained_min_fit = {min_fit}); are they for train.model?")
+    shapes, clash = fit_or_refuse(weights, target, model_name, min_fit)
     classes, chans = source_layout(target, shapes)
     input_size = target.pretrained_cfg.get("input_size") or (3, 224, 224)
     overlay: dict = {"num_classes": classes if classes is not None else -1, "input_size": (chans or input_size[0], *input_size[1:])}

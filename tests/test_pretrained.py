@@ -17,7 +17,7 @@ from pipeline.artifacts import hash_file
 from pipeline.cli import app
 from pipeline.errors import CheckError
 from pipeline.params import load_params
-from pipeline.weights import hub_id, resolve_weights
+from pipeline.weights import check_pretrained, hub_id, resolve_weights
 from stages.train.model import create_model, weight_loading
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -118,6 +118,8 @@ def test_pipeline_weights_folder_loads_with_the_network_off(hub, tmp_path, monke
     assert f"train.pretrained={folder}" in " ".join(result.output.split())
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "resnet10t" and config["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
+    listed = CliRunner().invoke(app, ["weights", "--list", "resnet10t*"])
+    assert listed.exit_code == 0 and "resnet10t.c3_in1k  (in the Hugging Face cache)" in listed.output
     monkeypatch.setenv("HF_HOME", str(tmp_path / "no-cache-here"))  # the notebook: no cache, no network
     model, weights = build(train_params(f"train.pretrained={folder}", "train.norm=pretrained"))
     assert weights.kind == "file" and weights.path == folder / "model.safetensors"
@@ -127,8 +129,11 @@ def test_pipeline_weights_folder_loads_with_the_network_off(hub, tmp_path, monke
 def test_weights_that_fit_too_little_are_refused(hub, tmp_path):
     other = timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict()
     save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "vit.safetensors"))
+    p = train_params(f"train.pretrained={tmp_path / 'vit.safetensors'}")
     with pytest.raises(CheckError, match="fits only 0 of .* tensors of resnet10t"):
-        build(train_params(f"train.pretrained={tmp_path / 'vit.safetensors'}"))
+        check_pretrained(p)  # what `pipeline run` checks before preprocess
+    with pytest.raises(CheckError, match="fits only 0 of .* tensors of resnet10t"):
+        build(p)
 
 
 def test_finetune_preset_applies_when_weights_load_and_the_user_wins(hub):
@@ -139,6 +144,8 @@ def test_finetune_preset_applies_when_weights_load_and_the_user_wins(hub):
     assert params.train.lr == params.finetune["train.lr"] and params.train.layer_decay == params.finetune["train.layer_decay"]
     assert params.train.norm == "pretrained" and params.train.epochs == 7  # -S keeps the user's value
     assert "finetune overrides" in notes[0] and "kept your train.epochs" in notes[0]
+    auto = resolve_weights(train_params("train.pretrained=auto"))
+    assert auto.kind == "hub" and "found in the cache" in auto.describe()
     scratch, _ = load_params("params.yaml", ["data.root=/nonexistent", "train.model=resnet10t", "train.pretrained=null"])
     assert scratch.train.lr != scratch.finetune["train.lr"] and scratch.train.layer_decay is None
 

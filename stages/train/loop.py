@@ -123,7 +123,7 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     difficulty = None
     if p.curriculum and start_epoch < p.epochs:
         difficulty = curriculum.difficulty(p.curriculum_score, array=pixels, rows=part.rows, targets=part.labels, ids=part.ids, norm=data["norm"],
-                                       p=p, classes=data["classes"], device=device, seed=seed)
+                                       p=p, classes=data["classes"], device=device, seed=seed, loading=data["loading"])
         difficulty = ddp.from_main(difficulty)  # the ranks must draw one global order
         seed_everything(seed)
     sampler = EpochSampler(len(part))
