@@ -89,6 +89,7 @@ def param_groups(model: torch.nn.Module, p: TrainParams) -> list[dict]:
     ]
 
 
-def create_optimizer(model: torch.nn.Module, p: TrainParams, lr: float) -> torch.optim.Optimizer:
-    """timm's optimiser factory over param_groups (per-group lr_scale is applied by the schedule)."""
-    return timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay, momentum=p.momentum)
+def create_optimizer(model: torch.nn.Module, p: TrainParams, lr: float, **extra) -> torch.optim.Optimizer:
+    """timm's optimiser factory over param_groups (per-group lr_scale is applied by the schedule); `extra`
+    goes to the torch optimiser (fused=True on CUDA)."""
+    return timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay, momentum=p.momentum, **extra)
