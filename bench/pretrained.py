@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from sklearn.datasets import load_digits
 
-from pipeline.params import load_params
+from pipeline.finetune import load_finetuned
 from pipeline.runner import BY_NAME, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,9 @@ def write_competition(folder: Path, digits: list[int], per_class: int | None, se
 
 
 def stages(data: Path, workdir: Path, overrides: list[str], names=("preprocess", "dedup", "augment", "train")) -> dict:
-    params, _ = load_params(ROOT / "params.yaml", CPU + [f"data.root={data}", f"train.model={MODEL[0]}"] + overrides, str(workdir))
+    params, _, finetuned = load_finetuned(ROOT / "params.yaml", CPU + [f"data.root={data}", f"train.model={MODEL[0]}"] + overrides, str(workdir))
+    if finetuned:
+        print(finetuned)
     t0 = time.perf_counter()
     for name in names:
         run_stage(BY_NAME[name], params, workdir)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import CheckError, ParamsError
+from pipeline.errors import ParamsError
 
 EXAMPLE_ROOT = "example:digits"
 
@@ -359,10 +359,10 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
     return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
 
 
-def load_params(path: Path, overrides: list[str] = (), workdir: str | None = None, notes: list[str] | None = None) -> tuple[Params, list[str]]:
-    """Load, apply example and command-line overrides, validate, then the finetune preset when pretrained
-    weights will load. Returns the params and the list of example overrides applied (to print), so that
-    nothing is shrunk silently; `notes`, when given, receives the finetune overrides line (the CLI prints it)."""
+def load_params(path: Path, overrides: list[str] = (), workdir: str | None = None) -> tuple[Params, list[str]]:
+    """Load, apply example and command-line overrides, validate. Returns the params and the list of
+    example overrides applied (to print), so that nothing is shrunk silently. The finetune preset is
+    applied on top by pipeline.finetune.load_finetuned (what the CLI calls), once the weights are known."""
     raw = load_raw(Path(path))
     user = [parse_override(o) for o in overrides]
     if workdir is not None:
@@ -377,34 +377,7 @@ def load_params(path: Path, overrides: list[str] = (), workdir: str | None = Non
                 applied.append(f"{key}={value}")
     for key, value in user:
         set_dotted(raw, key, value)
-    params = validate(raw)
-    tuned, said = finetune_overrides(params, {k for k, _ in user} | {a.partition("=")[0] for a in applied})
-    if tuned:
-        for key, value in tuned.items():
-            set_dotted(raw, key, value)
-        params = validate(raw)
-    if notes is not None and said:
-        notes.append(said)
-    return params, applied
-
-
-def finetune_overrides(params: Params, explicit: set[str]) -> tuple[dict[str, Any], str]:
-    """The finetune preset when pretrained weights will load, minus the keys set explicitly (-S or the example
-    section), and one line saying so. The weights are only looked up (cache, reachability), never downloaded."""
-    if params.train.pretrained in (None, False) or not params.finetune:
-        return {}, ""
-    from pipeline.weights import will_load  # timm and huggingface_hub: only when weights are asked for
-
-    try:
-        weights = will_load(params.train)
-    except CheckError:  # a bad path or an uncached model: train's check reports it, before any work
-        return {}, ""
-    if not weights.loaded:  # auto chose scratch: train says so in its first line
-        return {}, ""
-    tuned = {k: v for k, v in params.finetune.items() if k not in explicit}
-    kept = [k for k in params.finetune if k in explicit]
-    listed = ", ".join(f"{k}={v}" for k, v in tuned.items()) or "none"
-    return tuned, f"finetune overrides ({weights.describe()}): {listed}" + (f"; kept your {', '.join(kept)}" if kept else "")
+    return validate(raw), applied
 
 
 def section(params: Params, name: str) -> Any:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from pipeline.artifacts import hash_file
 from pipeline.cli import app
 from pipeline.errors import CheckError
+from pipeline.finetune import load_finetuned
 from pipeline.params import load_params
 from pipeline.weights import check_pretrained, hub_id, resolve_weights
 from stages.train.model import create_model, weight_loading
@@ -138,15 +139,15 @@ def test_weights_that_fit_too_little_are_refused(hub, tmp_path):
 
 def test_finetune_preset_applies_when_weights_load_and_the_user_wins(hub):
     fake_hub(hub)
-    notes: list[str] = []
-    params, _ = load_params("params.yaml", ["data.root=/nonexistent", "train.model=resnet10t", "train.pretrained=true",
-                                            "train.epochs=7"], notes=notes)
+    params, _, said = load_finetuned("params.yaml", ["data.root=/nonexistent", "train.model=resnet10t", "train.pretrained=true",
+                                                     "train.epochs=7"])
     assert params.train.lr == params.finetune["train.lr"] and params.train.layer_decay == params.finetune["train.layer_decay"]
     assert params.train.norm == "pretrained" and params.train.epochs == 7  # -S keeps the user's value
-    assert "finetune overrides" in notes[0] and "kept your train.epochs" in notes[0]
+    assert "finetune overrides" in said and "kept your train.epochs" in said
     auto = resolve_weights(train_params("train.pretrained=auto"))
     assert auto.kind == "hub" and "found in the cache" in auto.describe()
-    scratch, _ = load_params("params.yaml", ["data.root=/nonexistent", "train.model=resnet10t", "train.pretrained=null"])
+    scratch, _, said = load_finetuned("params.yaml", ["data.root=/nonexistent", "train.model=resnet10t", "train.pretrained=null"])
+    assert said == ""
     assert scratch.train.lr != scratch.finetune["train.lr"] and scratch.train.layer_decay is None
 
 
@@ -173,7 +174,7 @@ def run_train(workdir: Path, *overrides):
     from pipeline.runner import BY_NAME, run_stage, stage_status
     from tests.test_train_fold import TINY
 
-    params, _ = load_params("params.yaml", [*TINY, "data.root=/nonexistent", "train.fold=0", "train.epochs=1", *overrides])
+    params, _, _ = load_finetuned("params.yaml", [*TINY, "data.root=/nonexistent", "train.fold=0", "train.epochs=1", *overrides])
     run_stage(BY_NAME["train"], params, workdir)
     return lambda: stage_status(BY_NAME["train"], params, workdir)
 
