@@ -60,11 +60,11 @@ def _stage_command(name: str, doc: str):
     return command
 
 
-app.command("preprocess")(_stage_command("preprocess", "Decode, denoise, crop and resize every image once into a cache."))
-app.command("dedup")(_stage_command("dedup", "Find exact and near-duplicate images, cluster them, weight them, report leaks."))
-app.command("augment")(_stage_command("augment", "Build the augmentation pipeline from params and preview it."))
-app.command("predict")(_stage_command("predict", "Fold ensemble x TTA on the test set; write submission.csv."))
-app.command("pseudo")(_stage_command("pseudo", "Turn confident test predictions into extra training rows."))
+app.command("preprocess")(_stage_command("preprocess", "Decode, denoise, crop and resize every image once into a cache.\n\nExample: pipeline preprocess -S preprocess.size=128"))
+app.command("dedup")(_stage_command("dedup", "Find exact and near-duplicate images, cluster them, weight them, report leaks.\n\nExample: pipeline dedup -S dedup.threshold=0.998"))
+app.command("augment")(_stage_command("augment", "Build the augmentation pipeline from params and preview it.\n\nExample: pipeline augment -S augment.hflip=0"))
+app.command("predict")(_stage_command("predict", "Fold ensemble x TTA on the test set; write submission.csv.\n\nExample: pipeline predict -S \'predict.runs=\\[runs/convnext/train]\' -S predict.weights=oof"))
+app.command("pseudo")(_stage_command("pseudo", "Turn confident test predictions into extra training rows.\n\nExample: pipeline pseudo -S pseudo.threshold=0.95"))
 
 
 @app.command()
@@ -74,7 +74,10 @@ def train(
     set_: SetOpt = None,
     fold: Annotated[Optional[int], typer.Option("--fold", help="train only fold K (one job per GPU or node)")] = None,
 ) -> None:
-    """K-fold training of a timm model; resumes a killed run from its last checkpoint."""
+    """K-fold training of a timm model; resumes a killed run from its last checkpoint.
+
+    Example: pipeline train --fold 0 -S train.epochs=30
+    """
     overrides = list(set_ or []) + ([f"train.fold={fold}"] if fold is not None else [])
     p, wd = _load(params, workdir, overrides)
     _guard(lambda: run_stage(BY_NAME["train"], p, wd))
@@ -87,7 +90,10 @@ def run(
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="rerun every stage, fresh or not")] = False,
 ) -> None:
-    """Run every stage in order (with params.rounds pseudo-label rounds), skipping the fresh ones."""
+    """Run every stage in order (with params.rounds pseudo-label rounds), skipping the fresh ones.
+
+    Example: pipeline run -w runs/convnext -S train.model=convnext_tiny
+    """
     p, wd = _load(params, workdir, set_)
     ran = _guard(lambda: run_all(p, wd, force=force))
     if p.rounds:
@@ -100,7 +106,10 @@ def run(
 
 @app.command()
 def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, set_: SetOpt = None) -> None:
-    """Say which stages are fresh, stale or missing, and why."""
+    """Say which stages are fresh, stale or missing, and why.
+
+    Example: pipeline status -S train.epochs=8
+    """
     p, wd = _load(params, workdir, set_)
     rows = _guard(lambda: statuses(p, wd))
     for name, state, why in rows:
