@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.console import console, is_main_process, results
+from pipeline.console import console, is_main_process, print_wide, results
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.params import Params, load_params
 from pipeline.rounds import final_predict_dir, round_report
@@ -138,9 +138,6 @@ def compare(
 
 
 def _print_table(rows: list[dict]) -> None:
-    """Aligned columns, never folded: a log or a pipe gets the full width the table needs."""
-    from rich.console import Console
-    from rich.measure import Measurement
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -148,8 +145,7 @@ def _print_table(rows: list[dict]) -> None:
         table.add_column(str(column), justify="left" if column == "run" else "right", no_wrap=True)
     for row in rows:
         table.add_row(*(escape(str(v)) for v in row.values()))
-    needed = Measurement.get(results, results.options.update_width(10_000), table).maximum
-    Console(highlight=False, width=max(results.width, needed)).print(table)  # Console.print can only narrow
+    print_wide(table)
 
 
 def _version(value: bool) -> None:

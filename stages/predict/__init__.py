@@ -254,29 +254,55 @@ def run(params: Params, paths) -> dict:
 
     predicted = pd.Series([ctx.classes[k] for k in probs.argmax(1)])
     leaks_reported = len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", []))
+    changed = int((changes.before != changes.after).sum())
+    # What a person checks first: the ensemble's out-of-fold score (the CV to quote), then how TTA and the
+    # ensemble were chosen, then what happened to the test set. summary.json keeps every number.
     summary = {
+        "oof accuracy with TTA": float(chosen.accuracy),
+        "oof accuracy without TTA": float(identity.accuracy),
+        "oof TTA gain": float(chosen.accuracy - identity.accuracy),
+        "oof log loss without/with TTA": f"{identity.log_loss:.4f} / {chosen.log_loss:.4f}",
+        "oof images measured": int(chosen.n_images),
+        "tta views": "+".join(groups) + f" ({len(views)} views, {ctx.how})",
+        "tta chosen by": f"OOF {ctx.p.tta_metric} (auto)" if ctx.p.tta == "auto" else "params",
+        "ensemble oof accuracy (no TTA)": oof_accuracy,
+        "ensemble oof log loss (no TTA)": oof_log_loss,
         "members": len(ctx.members),
         "runs": len(ctx.run_dirs),
         "missing folds": ctx.missing,
         **weights,
-        "ensemble oof accuracy (no TTA)": oof_accuracy,
-        "ensemble oof log loss (no TTA)": oof_log_loss,
-        "tta views": "+".join(groups) + f" ({len(views)} views, {ctx.how})",
-        "tta chosen by": f"OOF {ctx.p.tta_metric} (auto)" if ctx.p.tta == "auto" else "params",
-        "oof images measured": int(chosen.n_images),
-        "oof accuracy without TTA": float(identity.accuracy),
-        "oof accuracy with TTA": float(chosen.accuracy),
-        "oof TTA gain": float(chosen.accuracy - identity.accuracy),
-        "oof log loss without/with TTA": f"{identity.log_loss:.4f} / {chosen.log_loss:.4f}",
         "test images": len(submission),
         "filled with prior (unreadable)": len(unread),
         "train-test leaks (dedup report)": leaks_reported,
         "corrected by leak label": int((changes.rule == "leak").sum()),
         "corrected by cluster consistency": int((changes.rule == "cluster").sum()),
-        "predictions changed by correction": int((changes.before != changes.after).sum()),
+        "predictions changed by correction": changed,
         "mean confidence": float(probs.max(1).mean()),
         "predicted classes": predicted.value_counts().head(10).to_dict(),
     }
     write_json(out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
     plot_predictions(out / "predictions.png", probs, ctx.classes, train_labels, table, ("+".join(groups), ctx.how))
-    return summary
+    return human_summary(summary)
+
+
+def human_summary(summary: dict) -> dict:
+    """The one-screen version of summary.json: the CV first, related numbers on one line each."""
+    corrections = summary["corrected by leak label"] + summary["corrected by cluster consistency"]
+    weights = {k.removeprefix("weight "): v for k, v in summary.items() if k.startswith("weight ")}
+    return {
+        "oof accuracy (ensemble + TTA)": f"{summary['oof accuracy with TTA']:.4f} ({summary['oof TTA gain']:+.4f} from TTA, "
+                                         f"on {summary['oof images measured']} images)",
+        "oof log loss without/with TTA": summary["oof log loss without/with TTA"],
+        "tta": f"{summary['tta views']}, chosen by {summary['tta chosen by']}",
+        "members": f"{summary['members']} fold models from {summary['runs']} run(s)"
+                   + (f"; missing: {', '.join(summary['missing folds'])}" if summary["missing folds"] else ""),
+        **({"run weights (oof)": weights} if weights else {}),
+        "test images": f"{summary['test images']}" + (f" ({summary['filled with prior (unreadable)']} unreadable, given the train prior)"
+                                                      if summary["filled with prior (unreadable)"] else ""),
+        "corrections": f"{corrections} test images ({summary['corrected by leak label']} by leak label, "
+                       f"{summary['corrected by cluster consistency']} by cluster); {summary['predictions changed by correction']} "
+                       f"predictions changed (predict/corrections.csv)",
+        "mean confidence": summary["mean confidence"],
+        "predicted classes (top 10)": summary["predicted classes"],
+        "written": "submission.csv, probs.csv, summary.json (every number), predictions.png",
+    }
