@@ -12,6 +12,7 @@ from pipeline import __version__
 from pipeline.console import console, is_main_process, print_wide, results
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.params import Params, load_params
+from pipeline.newtest import predict_new_test
 from pipeline.rounds import final_predict_dir, round_report
 from pipeline.runner import BY_NAME, run_all, run_stage, statuses
 
@@ -63,7 +64,6 @@ def _stage_command(name: str, doc: str):
 app.command("preprocess")(_stage_command("preprocess", "Decode, denoise, crop and resize every image once into a cache.\n\nExample: pipeline preprocess -S preprocess.size=128"))
 app.command("dedup")(_stage_command("dedup", "Find exact and near-duplicate images, cluster them, weight them, report leaks.\n\nExample: pipeline dedup -S dedup.threshold=0.998"))
 app.command("augment")(_stage_command("augment", "Build the augmentation pipeline from params and preview it.\n\nExample: pipeline augment -S augment.hflip=0"))
-app.command("predict")(_stage_command("predict", "Fold ensemble x TTA on the test set; write submission.csv.\n\nExample: pipeline predict -S \'predict.runs=\\[runs/convnext/train]\' -S predict.weights=oof"))
 app.command("pseudo")(_stage_command("pseudo", "Turn confident test predictions into extra training rows.\n\nExample: pipeline pseudo -S pseudo.threshold=0.95"))
 
 
@@ -81,6 +81,28 @@ def train(
     overrides = list(set_ or []) + ([f"train.fold={fold}"] if fold is not None else [])
     p, wd = _load(params, workdir, overrides)
     _guard(lambda: run_stage(BY_NAME["train"], p, wd))
+
+
+@app.command()
+def predict(
+    params: ParamsOpt = Path("params.yaml"),
+    workdir: WorkdirOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="a new competition folder (test/ + sample_submission.csv) to predict with the finished workdir -w")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="with --data: the new predict-only workdir (the finished one is only read)")] = None,
+) -> None:
+    """Fold ensemble x TTA on the test set; write submission.csv.
+
+    Example (code competition): pipeline predict -w runs/exp1 --data /kaggle/input/comp --out /kaggle/working/run
+    """
+    if (data is None) != (out is None):
+        _fail("--data and --out go together: pipeline predict -w TRAINED --data NEW_FOLDER --out DIR", 2)
+    p, wd = _load(params, workdir, set_)
+    if data is None:
+        _guard(lambda: run_stage(BY_NAME["predict"], p, wd))
+        return
+    _guard(lambda: predict_new_test(p, wd, data, out))
+    results.print(f"[bold green]done[/]: submission: {out / 'predict' / 'submission.csv'}")
 
 
 @app.command()

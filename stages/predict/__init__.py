@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from pipeline.artifacts import read_json, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_sample
 from pipeline.console import console, track
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.params import TTA_VIEWS, Params
@@ -261,7 +261,7 @@ def pick_tta(ctx: Context, out: Path) -> TtaChoice:
 
 def fill_unread(ctx: Context, pre: Path, probs: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
     """Test images preprocess could not read still need a row: they get the training prior."""
-    sample = pd.read_csv(pre / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sample = read_sample(pre)
     predicted = set(ids)
     unread = [i for i in sample[sample.columns[0]] if i not in predicted]
     if unread:
@@ -272,7 +272,7 @@ def fill_unread(ctx: Context, pre: Path, probs: np.ndarray, ids: list[str]) -> t
 
 def write_outputs(ctx: Context, paths, probs: np.ndarray, ids: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
     """probs.csv and submission.csv, both in the sample's id order; the submission validated on disk."""
-    sample = pd.read_csv(paths["preprocess"] / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sample = read_sample(paths["preprocess"])
     order = {i: k for k, i in enumerate(ids)}
     ids = sample[sample.columns[0]].tolist()
     probs = probs[[order[i] for i in ids]]

@@ -27,13 +27,12 @@ import pandas as pd
 import torch
 
 from pipeline import distributed as ddp
-from pipeline.artifacts import folder_lock, read_json, replace_dir, write_csv, write_json
+from pipeline.artifacts import finished_folds, folder_lock, read_json, replace_dir, write_csv, write_json
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows
 from pipeline.console import RunClock, console
 from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
-from pipeline.runner import finished_folds
 from stages.train import tensorboard
 from stages.train.data import data_workers, usable_cores
 from stages.train.distill import load_teacher
@@ -55,8 +54,11 @@ def load_data(params: Params, paths) -> tuple[TrainData, pd.DataFrame]:
     """Everything that may train (stages.train.rows), its pixels, and the labelled table for the OOF file."""
     p = params.train
     pre = paths["preprocess"]
-    index, classes, arrays = read_index(pre), read_classes(pre), read_arrays(pre)
-    clusters = read_clusters(paths["dedup"])
+    # Without pseudo or teacher-taught test rows train reads the train side alone (the runner says which).
+    sides = paths.sides("preprocess")
+    index, classes, arrays = read_index(pre, sides), read_classes(pre), read_arrays(pre, sides)
+    arrays.setdefault("test", np.zeros((0, *arrays["train"].shape[1:]), np.uint8))
+    clusters = read_clusters(paths["dedup"], sides)
     train = index[index.split == "train"].merge(clusters[["id", "cluster", "weight"]], on="id")
     train = train[train.weight > 0].reset_index(drop=True)
     if len(train) < p.folds:
