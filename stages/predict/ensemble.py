@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import timm
 import torch
-from scipy.optimize import minimize
 
 from pipeline.cache import read_probs
 from pipeline.errors import StageError
@@ -58,7 +57,8 @@ def read_meta(path: Path) -> dict:
 def load_model(path: Path, device: torch.device, channels_last: bool = False) -> tuple[torch.nn.Module, dict]:
     """A fold's model in eval mode; the EMA weights when the run kept them (they predict better)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = timm.create_model(ckpt["model"], pretrained=False, num_classes=len(ckpt["classes"]), in_chans=ckpt["in_chans"])
+    model = timm.create_model(ckpt["model"], pretrained=False, num_classes=len(ckpt["classes"]), in_chans=ckpt["in_chans"],
+                              **ckpt.get("model_kwargs", {}))  # img_size for fixed-size (ViT-like) models
     state = ckpt.get("ema_state_dict") or ckpt["state_dict"]
     # timm's ModelEma wrappers prefix the weights with "module."; the bare model does not.
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
@@ -99,27 +99,6 @@ def predict_views(model, array: np.ndarray, rows: np.ndarray, norm: dict, views:
     if not host:
         return np.zeros((len(views), 0, 0), dtype=np.float32)
     return np.concatenate(host, axis=1)
-
-
-def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean())
-
-
-def fit_weights(run_probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
-    """Non-negative run weights summing to 1 that minimise the log loss of the weighted mean of the runs'
-    out-of-fold probabilities (softmax parametrisation, so the constraint holds by construction)."""
-    if len(run_probs) == 1:
-        return np.ones(1)
-    stacked = np.stack(run_probs)
-
-    def loss(z):
-        w = np.exp(z - z.max())
-        w /= w.sum()
-        return log_loss(np.tensordot(w, stacked, axes=1), y)
-
-    z = minimize(loss, np.zeros(len(run_probs)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6}).x
-    w = np.exp(z - z.max())
-    return w / w.sum()
 
 
 def read_oof(run_dir: Path, classes: list[str]) -> pd.DataFrame:
