@@ -8,7 +8,7 @@ labelled images per class, as a stand-in for "ImageNet features, then a small co
 Arms, each k-fold CV on the same target workdir (same folds, seed, augmentation):
   scratch                      train.pretrained: null, the shipped train recipe
   pretrained (finetune preset) train.pretrained: <pretrain>/train/fold0/best.pt, which brings the finetune preset
-  pretrained, scratch recipe   the same weights with the scratch recipe (finetune: {}), to measure the preset itself
+  pretrained, scratch recipe   (--recipe-arm) the same weights with the scratch recipe (finetune: {}), to measure the preset
 
     python bench/pretrained.py --workdir /tmp/bench-pretrained
 """
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=10, help="labelled target images per class")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--scratch-epochs", type=int, default=40, help="the shipped scratch recipe's epochs")
+    ap.add_argument("--recipe-arm", action="store_true", help="also train the pretrained start with the scratch recipe")
     args = ap.parse_args()
     MODEL[0] = args.model
     wd = args.workdir
@@ -83,7 +84,7 @@ def main() -> None:
     arms = {"scratch": scratch + ["train.pretrained=null"],
             # the preset's own epochs: an explicit -S train.epochs would win over it
             "pretrained (finetune preset)": [f"train.folds={args.folds}", f"train.pretrained={weights}"],
-            "pretrained, scratch recipe": scratch + [f"train.pretrained={weights}", "finetune={}"]}
+            **({"pretrained, scratch recipe": scratch + [f"train.pretrained={weights}", "finetune={}"]} if args.recipe_arm else {})}
     print(f"\ntarget: digits 5-9 x {args.per_class} labelled images, {args.folds}-fold CV (2-core CPU, shared)")
     print(f"{'arm':<30} {'lr':>8} {'epochs':>6} {'layer_decay':>11} {'norm':>10} {'cv accuracy':>16} {'oof log-loss':>12} {'seconds':>8}")
     results = {}

@@ -162,7 +162,12 @@ def resolve_hub(model: str, auto: bool, fetch: bool) -> Weights:
                          f"`{fetch_command(model)}` uses it (or set train.pretrained to a local file, or auto)")
     if not fetch:  # status and checks never download
         return Weights("hub", None, f"{repo} (not downloaded yet)", f"{repo} from the hub (train downloads it)", f"{how}: hub reachable", repo)
-    path = download_hub_file(repo, filenames)
+    try:
+        path = download_hub_file(repo, filenames)
+    except (OSError, ValueError) as exc:  # huggingface_hub's HTTP and network errors derive from these
+        if auto:
+            return Weights(SCRATCH, None, f"{SCRATCH} (auto: download failed)", "", f"auto: downloading {repo} failed ({str(exc).splitlines()[0][:200]})")
+        raise CheckError(f"train.pretrained = true: downloading {repo} into {hub_cache()} failed ({str(exc).splitlines()[0][:200]})") from None
     return Weights("hub", path, hub_identity(repo, path), f"{repo} downloaded into {hub_cache()}", f"{how}: downloaded", repo)
 
 
