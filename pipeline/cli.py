@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.console import console, is_main_process, results
+from pipeline.console import console, is_main_process, print_wide, results
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.finetune import load_finetuned
 from pipeline.params import Params
@@ -64,10 +64,10 @@ def _stage_command(name: str, doc: str):
     return command
 
 
-app.command("preprocess")(_stage_command("preprocess", "Decode, denoise, crop and resize every image once into a cache."))
-app.command("dedup")(_stage_command("dedup", "Find exact and near-duplicate images, cluster them, weight them, report leaks."))
-app.command("augment")(_stage_command("augment", "Build the augmentation pipeline from params and preview it."))
-app.command("pseudo")(_stage_command("pseudo", "Turn confident test predictions into extra training rows."))
+app.command("preprocess")(_stage_command("preprocess", "Decode, denoise, crop and resize every image once into a cache.\n\nExample: pipeline preprocess -S preprocess.size=128"))
+app.command("dedup")(_stage_command("dedup", "Find exact and near-duplicate images, cluster them, weight them, report leaks.\n\nExample: pipeline dedup -S dedup.threshold=0.998"))
+app.command("augment")(_stage_command("augment", "Build the augmentation pipeline from params and preview it.\n\nExample: pipeline augment -S augment.hflip=0"))
+app.command("pseudo")(_stage_command("pseudo", "Turn confident test predictions into extra training rows.\n\nExample: pipeline pseudo -S pseudo.threshold=0.95"))
 
 
 @app.command()
@@ -77,7 +77,10 @@ def train(
     set_: SetOpt = None,
     fold: Annotated[Optional[int], typer.Option("--fold", help="train only fold K (one job per GPU or node)")] = None,
 ) -> None:
-    """K-fold training of a timm model; resumes a killed run from its last checkpoint."""
+    """K-fold training of a timm model; resumes a killed run from its last checkpoint.
+
+    Example: pipeline train --fold 0 -S train.epochs=30
+    """
     overrides = list(set_ or []) + ([f"train.fold={fold}"] if fold is not None else [])
     p, wd = _load(params, workdir, overrides)
     _guard(lambda: run_stage(BY_NAME["train"], p, wd))
@@ -102,7 +105,7 @@ def predict(
         _guard(lambda: run_stage(BY_NAME["predict"], p, wd))
         return
     _guard(lambda: predict_new_test(p, wd, data, out))
-    console.print(f"[bold green]done[/]: submission: {out / 'predict' / 'submission.csv'}")
+    results.print(f"[bold green]done[/]: submission: {out / 'predict' / 'submission.csv'}")
 
 
 @app.command()
@@ -112,7 +115,10 @@ def run(
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="rerun every stage, fresh or not")] = False,
 ) -> None:
-    """Run every stage in order (with params.rounds pseudo-label rounds), skipping the fresh ones."""
+    """Run every stage in order (with params.rounds pseudo-label rounds), skipping the fresh ones.
+
+    Example: pipeline run -w runs/convnext -S train.model=convnext_tiny
+    """
     p, wd = _load(params, workdir, set_)
     ran = _guard(lambda: run_all(p, wd, force=force))
     if p.rounds:
@@ -125,7 +131,10 @@ def run(
 
 @app.command()
 def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, set_: SetOpt = None) -> None:
-    """Say which stages are fresh, stale or missing, and why."""
+    """Say which stages are fresh, stale or missing, and why.
+
+    Example: pipeline status -S train.epochs=8
+    """
     p, wd = _load(params, workdir, set_)
     rows = _guard(lambda: statuses(p, wd))
     for name, state, why in rows:
@@ -173,9 +182,6 @@ def compare(
 
 
 def _print_table(rows: list[dict]) -> None:
-    """Aligned columns, never folded: a log or a pipe gets the full width the table needs."""
-    from rich.console import Console
-    from rich.measure import Measurement
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -183,8 +189,7 @@ def _print_table(rows: list[dict]) -> None:
         table.add_column(str(column), justify="left" if column == "run" else "right", no_wrap=True)
     for row in rows:
         table.add_row(*(escape(str(v)) for v in row.values()))
-    needed = Measurement.get(results, results.options.update_width(10_000), table).maximum
-    Console(highlight=False, width=max(results.width, needed)).print(table)  # Console.print can only narrow
+    print_wide(table)
 
 
 def _version(value: bool) -> None:

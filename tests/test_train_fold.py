@@ -1,6 +1,7 @@
 """Train on a tiny generated cache (CPU, seconds): OOF coverage, determinism, resume, NaN, CLI."""
 
 import json
+import re
 
 import albumentations as A
 import numpy as np
@@ -153,3 +154,14 @@ def test_a_finished_fold_is_kept_when_the_other_folds_train(inputs, tmp_path):
     assert (tmp_path / "fold1" / "best.pt").stat().st_mtime_ns == first  # not retrained
     assert summary["trained in this run"] == ["fold 0", "fold 2"] and summary["missing folds"] == "none"
     assert sorted(pd.read_csv(tmp_path / "oof.csv").fold.unique()) == [0, 1, 2]
+
+
+def test_a_batch_job_log_has_one_line_per_epoch_with_the_run_eta(inputs, tmp_path, capfd):
+    """Under pytest stderr is not a terminal, as under SLURM or nohup: no bar, one line per epoch."""
+    summary, _ = run(inputs, tmp_path, ["train.epochs=2"])
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if " epoch " in line and "eta run" in line]
+    assert [line.split()[:4] for line in lines] == [["fold", str(k), "epoch", f"{e}/2"] for k in range(3) for e in (1, 2)]
+    assert all(re.search(r"eta fold \d+:\d\d  eta run \d+:\d\d$", line) for line in lines)
+    assert not (tmp_path / ".partial").exists()  # every fold finished: no empty .partial/ left behind
+    assert (tmp_path / "top_losses.png").is_file() and list(summary)[0] == "cv accuracy"

@@ -312,4 +312,28 @@ def summarize(ctx: Context, paths, weights: dict, oof: dict, tta: TtaChoice, sub
         "predicted classes": predicted.value_counts().head(10).to_dict(),
     }
     write_json(paths.out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
-    return summary
+    return human_summary(summary)
+
+
+def human_summary(summary: dict) -> dict:
+    """The one-screen version of summary.json: the ensemble's OOF score (the CV to quote) first, then how
+    TTA and the ensemble were chosen, then what happened to the test set; related numbers on one line."""
+    corrections = summary["corrected by leak label"] + summary["corrected by cluster consistency"]
+    weights = {k.removeprefix("weight "): v for k, v in summary.items() if k.startswith("weight ")}
+    return {
+        "oof accuracy (ensemble + TTA)": f"{summary['oof accuracy with TTA']:.4f} ({summary['oof TTA gain']:+.4f} from TTA, "
+                                         f"on {summary['oof images measured']} images)",
+        "oof log loss without/with TTA": summary["oof log loss without/with TTA"],
+        "tta": f"{summary['tta views']}, chosen by {summary['tta chosen by']}",
+        "members": f"{summary['members']} fold models from {summary['runs']} run(s)"
+                   + (f"; missing: {', '.join(summary['missing folds'])}" if summary["missing folds"] else ""),
+        **({"run weights (oof)": weights} if weights else {}),
+        "test images": f"{summary['test images']}" + (f" ({summary['filled with prior (unreadable)']} unreadable, given the train prior)"
+                                                      if summary["filled with prior (unreadable)"] else ""),
+        "corrections": f"{corrections} test images ({summary['corrected by leak label']} by leak label, "
+                       f"{summary['corrected by cluster consistency']} by cluster); {summary['predictions changed by correction']} "
+                       f"predictions changed (predict/corrections.csv)",
+        "mean confidence": summary["mean confidence"],
+        "predicted classes (top 10)": summary["predicted classes"],
+        "written": "submission.csv, probs.csv, summary.json (every number), predictions.png",
+    }

@@ -44,7 +44,7 @@ from stages.train.rows import Rows, TrainData
 # Settings that change how fast a fold trains, not what it learns: a last.pt written under other
 # values of these still resumes (an fp16 run resumed under bf16 simply starts with an empty scaler).
 EXECUTION_KEYS = {"amp", "compile", "channels_last", "cudnn_benchmark", "gpu_augment", "gpu_cache_fraction", "workers", "device",
-                  "log_every", "checkpoint_every", "eval_batch_size", "dist_timeout", "fold", "batch_size_max"}
+                  "log_every", "checkpoint_every", "eval_batch_size", "dist_timeout", "fold", "batch_size_max", "tensorboard"}
 
 
 def seed_everything(seed: int) -> None:
