@@ -232,3 +232,16 @@ def test_online_true_downloads_into_the_cache_and_auto_survives_a_failed_downloa
     assert said.startswith("from scratch (auto: downloading timm/resnet10t.c3_in1k failed")
     with pytest.raises(CheckError, match="downloading timm/resnet10t.c3_in1k into .* failed"):
         resolve_weights(p)
+
+
+def test_our_checkpoint_keeps_its_head_only_for_the_same_classes(tmp_path):
+    torch.manual_seed(3)
+    saved = timm.create_model("resnet10t", num_classes=3, in_chans=1).state_dict()
+    file = tmp_path / "best.pt"
+    torch.save({"model": "resnet10t", "classes": ["a", "b", "c"], "norm": {"mean": [0.2], "std": [0.3]}, "state_dict": saved}, file)
+    p = train_params(f"train.pretrained={file}")
+    weights = resolve_weights(p)
+    for classes, kept in ((["a", "b", "c"], True), (["x", "y", "z"], False)):
+        model = create_model(p, 3, 1, weight_loading(p, weights, 3, 1, (32, 32), classes), (32, 32))
+        assert torch.equal(model.state_dict()["fc.weight"], saved["fc.weight"]) == kept, classes
+        assert torch.equal(model.state_dict()["conv1.0.weight"], saved["conv1.0.weight"])

@@ -105,7 +105,7 @@ def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[Tr
                      norm=normalisation(arrays["train"], p.norm, params.seed, p.norm_sample,
                                         pretrained=weights_norm(weights, p.model) if p.norm == "pretrained" else None),
                      weights={"kind": weights.kind, "identity": weights.identity, "source": weights.source, "note": weights.note},
-                     loading=weight_loading(p, weights, len(classes), shape[3], tuple(shape[1:3])))
+                     loading=weight_loading(p, weights, len(classes), shape[3], tuple(shape[1:3]), classes))
     return data, train
 
 
