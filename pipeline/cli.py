@@ -11,7 +11,8 @@ from rich.markup import escape
 from pipeline import __version__
 from pipeline.console import console, is_main_process, print_wide, results
 from pipeline.errors import ParamsError, PipelineError
-from pipeline.params import Params, load_params
+from pipeline.finetune import load_finetuned
+from pipeline.params import Params
 from pipeline.newtest import predict_new_test
 from pipeline.rounds import final_predict_dir, round_report
 from pipeline.runner import BY_NAME, run_all, run_stage, statuses
@@ -35,11 +36,13 @@ def _fail(message: str, code: int) -> None:
 
 def _load(params_path: Path, workdir: str | None, overrides: list[str] | None) -> tuple[Params, Path]:
     try:
-        params, applied = load_params(params_path, overrides or [], workdir)
+        params, applied, finetuned = load_finetuned(params_path, overrides or [], workdir)
     except ParamsError as exc:
         _fail(str(exc), 2)
     if applied:
         console.print(f"[cyan]example overrides (data.root is {params.data.root}):[/] " + ", ".join(applied), soft_wrap=True)
+    if finetuned:  # the finetune preset, when pretrained weights load
+        console.print(f"[cyan]{escape(finetuned)}[/]", soft_wrap=True)
     return params, Path(params.workdir)
 
 
@@ -136,6 +139,25 @@ def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, 
     rows = _guard(lambda: statuses(p, wd))
     for name, state, why in rows:
         typer.echo(f"{name:<15} {state:<8} {why}")
+
+
+@app.command()
+def weights(
+    models: Annotated[Optional[list[str]], typer.Argument(help="timm model names, with or without a pretrained tag")] = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="folder to write DIR/<model>/ into (attach it as a Kaggle dataset)")] = None,
+    list_: Annotated[Optional[str], typer.Option("--list", help="list timm models with pretrained weights matching PATTERN, e.g. 'convnext*'")] = None,
+) -> None:
+    """Copy (from the Hugging Face cache) or download models' weights into DIR/<model> for offline training."""
+    from pipeline.weights_export import export_weights, list_weights
+
+    if list_ is not None:
+        for line in _guard(lambda: list_weights(list_)):
+            typer.echo(line)
+        return
+    if not models or to is None:
+        _fail("pipeline weights: give MODEL [MODEL...] --to DIR, or --list PATTERN", 2)
+    for line in _guard(lambda: export_weights(models, to)):
+        results.print(line, soft_wrap=True, markup=False)
 
 
 @app.command()

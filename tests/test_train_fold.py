@@ -11,7 +11,7 @@ import torch
 
 from pipeline.cache import read_clusters, read_index
 from pipeline.params import load_params
-from pipeline.errors import StageError
+from pipeline.errors import CheckError, StageError
 from pipeline.runner import StagePaths
 import stages.train as train_stage
 from stages.augment import gpu_recipe
@@ -115,7 +115,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(inputs, t
 
 
 def test_missing_pretrained_file_is_a_clear_error(inputs, tmp_path):
-    with pytest.raises(StageError, match="train.pretrained: weights file .* not found"):
+    with pytest.raises(CheckError, match="train.pretrained = '/no/such.safetensors': no such file"):
         run(inputs, tmp_path / "p", ["train.fold=0", "train.pretrained=/no/such.safetensors"])
 
 
