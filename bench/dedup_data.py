@@ -63,13 +63,20 @@ def photo(name: str, half: str, gray: bool) -> np.ndarray:
     return np.ascontiguousarray(image[:h] if half == "top" else image[h:])
 
 
+def detail(image: np.ndarray) -> float:
+    """Std of the fine detail: the image minus its 1 px Gaussian blur (gray levels)."""
+    x = image.astype(np.float32)
+    return float((x - cv2.GaussianBlur(x, (0, 0), 1.0)).std())
+
+
 class Cropper:
-    """Crops of one photo that are distinct items: a crop is redrawn when it is flat (std under
-    `min_std`) or overlaps an earlier crop of similar zoom by more than two thirds on both axes (that
+    """Crops of one photo that are distinct items: a crop is redrawn when it has no detail (the std of
+    what a 1 px blur removes is under `min_detail` gray levels: a patch of sky, a smooth edge; two
+    such patches cannot be told apart by anyone) or overlaps an earlier crop of similar zoom by more than two thirds on both axes (that
     would be the same content seen a few output pixels apart: a copy, not a look-alike)."""
 
-    def __init__(self, source: np.ndarray, rng: np.random.Generator, zoom: tuple[float, float], min_std: float = 10.0):
-        self.source, self.rng, self.zoom, self.min_std, self.taken = source, rng, zoom, min_std, []
+    def __init__(self, source: np.ndarray, rng: np.random.Generator, zoom: tuple[float, float], min_detail: float = 6.0):
+        self.source, self.rng, self.zoom, self.min_detail, self.taken = source, rng, zoom, min_detail, []
 
     def __call__(self, side: int) -> np.ndarray | None:
         for _ in range(200):
@@ -79,7 +86,7 @@ class Cropper:
             if any(abs(y - ty) < ts / 3 and abs(x - tx) < ts / 3 and 0.75 < span / ts < 1.33 for ty, tx, ts in self.taken):
                 continue
             patch = cv2.resize(self.source[y : y + span, x : x + span], (side, side), interpolation=cv2.INTER_AREA)
-            if float(patch.std()) >= self.min_std:
+            if detail(patch) >= self.min_detail:
                 self.taken.append((y, x, span))
                 return patch
         return None  # the photo has no more distinct textured crops at this size
@@ -182,9 +189,11 @@ def silhouette(shape: np.ndarray, jitter: np.ndarray, side: int = 28, supersampl
 
 
 def textured_object(mask: np.ndarray, texture: np.ndarray, background: float) -> np.ndarray:
-    """A texture shown through a silhouette on a flat background (texture stretched to 60..255)."""
+    """A texture shown through a silhouette on a flat background (texture stretched to 60..255 between
+    its 2nd and 98th percentiles)."""
     t = texture.astype(np.float32)
-    t = 60 + 195 * (t - t.min()) / max(float(np.ptp(t)), 1.0)
+    low, high = np.percentile(t, [2, 98])
+    t = 60 + 195 * ((t - low) / max(float(high - low), 1.0)).clip(0, 1)
     return (background * (1 - mask) + t * mask).round().clip(0, 255).astype(np.uint8)
 
 
@@ -217,6 +226,8 @@ def lookalike(per_class: int, half: str, rng: np.random.Generator) -> Items:
             texture = crop(28)
             if texture is None:
                 break
+            if c < 6 and detail(textured_object(np.ones((28, 28), np.float32), texture, 0)) < 12:
+                continue  # a nearly flat fill: the item would be its silhouette alone
             if c >= 6:  # full-frame texture crops (brick walls, grass, text...): only the texture differs
                 items.add(texture)
                 continue
@@ -245,7 +256,7 @@ def photos(per_source: int, half: str, rng: np.random.Generator) -> Items:
     """48x48 colour crops of colour photos; 15% get a recoloured sibling (a distinct item)."""
     items = Items()
     for name in COLOUR_SOURCES:
-        crop = Cropper(photo(name, half, gray=False), rng, (1.0, 5.0))
+        crop = Cropper(photo(name, half, gray=False), rng, (1.0, 5.0), min_detail=4.0)
         for _ in range(per_source):
             if (image := crop(48)) is None:
                 break

@@ -9,7 +9,7 @@ line, so the user always has the last word.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -67,10 +67,9 @@ class PreprocessParams(Section):
 
 
 class DedupParams(Section):
-    threshold: float = Field(ge=0.0, le=1.0)  # shift-tolerant correlation above which two images are duplicates
+    threshold: Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]  # copy score (verify.py) above which two images are duplicates
     policy: Literal["weight", "representative"]
-    radius: int = Field(ge=0, le=32)  # Hamming radius of the 64-bit hash that makes a candidate pair
-    window: int = Field(ge=1, le=1024)  # neighbours compared in each sorted hash order (bounds crowded buckets)
+    neighbours: int = Field(ge=0, le=256)  # candidate pairs per image: nearest neighbours by the embedding
     max_shift: int = Field(ge=0, le=8)  # shifts (thumbnail pixels) tried when verifying a candidate
     min_std: float = Field(ge=0.0)  # thumbnails flatter than this (0..255 gray) are never near-duplicates
     sheet_clusters: int = Field(ge=0, le=100)  # clusters drawn on each contact sheet

@@ -26,11 +26,12 @@ from pipeline.artifacts import write_csv, write_json
 from pipeline.cache import read_arrays, read_index
 from pipeline.console import console, track
 from pipeline.params import DedupParams, Params
+from stages.dedup.calibrate import auto_threshold
 from stages.dedup.report import assign_weights, report_clusters
-from stages.dedup.search import hash_pairs
+from stages.dedup.search import neighbour_pairs
 from stages.dedup.sheet import contact_sheet
 from stages.dedup.signatures import signatures
-from stages.dedup.verify import shift_correlation
+from stages.dedup.verify import pair_scores
 from stages.dedup.union_find import UnionFind
 
 
@@ -63,34 +64,48 @@ def exact_pairs(images, total: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(a, np.int64), np.array(b, np.int64)
 
 
-def near_pairs(thumbs: np.ndarray, stds: np.ndarray, hashes: np.ndarray, d: DedupParams, skip: np.ndarray):
-    """Verified near-duplicate pairs (i, j, score) among the non-flat images, plus the candidate count.
-    `skip` marks exact copies: their first occurrence stands for them, so ten thousand copies of one
-    picture cost one search entry, not ten thousand."""
-    keep = np.flatnonzero((stds >= d.min_std) & ~skip)
-    ci, cj, _ = hash_pairs(hashes[keep], d.radius, d.window)
+def score_pairs(images, d: DedupParams, progress=track) -> dict:
+    """Every candidate pair of `images` (a sequence of uint8 HxWxC arrays, all the same size) with its
+    copy score: exact copies (identical pixels) score 1; the others are each non-flat image's
+    `d.neighbours` nearest neighbours by the shift-tolerant embedding, verified (verify.py).
+    Returns {"i", "j", "score"} (i < j, all candidates, also those under the threshold) plus counts.
+    The caller keeps the pairs with score >= d.threshold."""
+    n = len(images)
+    ea, eb = exact_pairs(iter(images), n)
+    channels = np.asarray(images[0]).shape[2] if n else 1
+    sig = signatures(iter(images), n, colour=channels == 3, progress=progress)
+    # exact copies are searched once, through their first occurrence; flat images not at all
+    keep = np.flatnonzero((sig.stds >= d.min_std) & ~np.isin(np.arange(n), eb))
+    ci, cj, _ = neighbour_pairs(sig.embedding[keep], d.neighbours, progress)
     ci, cj = keep[ci], keep[cj]
-    scores = shift_correlation(thumbs, ci, cj, d.max_shift)
-    ok = scores >= d.threshold
-    return ci[ok], cj[ok], scores[ok], len(ci)
+    verified = pair_scores(sig.thumbs, ci, cj, d.max_shift, sig.chroma, progress)
+    return {
+        "i": np.r_[ea, ci], "j": np.r_[eb, cj], "score": np.r_[np.ones(len(ea), np.float32), verified["score"]],
+        "exact_pairs": int(len(ea)), "candidate_pairs": int(len(ci)),
+        "flat_images": int((sig.stds < d.min_std).sum()),
+    }
 
 
 def find_duplicates(images, d: DedupParams) -> dict:
-    """Images (a sequence of uint8 HxWxC arrays, all the same size) -> cluster number per image, weakest
-    link per cluster, and the counts behind them. Used by the stage and by the benchmarks."""
-    n = len(images)
-    ea, eb = exact_pairs(iter(images), n)
-    thumbs, stds, hashes = signatures(iter(images), n, track)
-    na, nb, scores, candidates = near_pairs(thumbs, stds, hashes, d, skip=np.isin(np.arange(n), eb))
-    a, b, link = np.r_[ea, na], np.r_[eb, nb], np.r_[np.ones(len(ea), np.float32), scores]
-    cluster, weakest = cluster_links(n, a, b, link)
+    """Images -> cluster number per image, weakest link per cluster, the scored pairs and counts.
+    Used by the stage and by the benchmarks."""
+    scored = score_pairs(images, d)
+    if d.threshold == "auto":
+        threshold, why = auto_threshold(scored["i"], scored["j"], scored["score"], len(images))
+    else:
+        threshold, why = d.threshold, "set in params"
+    ok = scored["score"] >= threshold
+    cluster, weakest = cluster_links(len(images), scored["i"][ok], scored["j"][ok], scored["score"][ok])
     return {
         "cluster": cluster,
         "weakest": weakest,
-        "exact_pairs": int(len(ea)),
-        "candidate_pairs": int(candidates),
-        "near_pairs": int(len(na)),
-        "flat_images": int((stds < d.min_std).sum()),
+        "pairs": (scored["i"], scored["j"], scored["score"]),
+        "threshold": threshold,
+        "threshold_reason": why,
+        "exact_pairs": scored["exact_pairs"],
+        "candidate_pairs": scored["candidate_pairs"],
+        "near_pairs": int(ok.sum()) - scored["exact_pairs"],
+        "flat_images": scored["flat_images"],
     }
 
 
