@@ -195,7 +195,8 @@ class PredictParams(Section):
     tta_oof_images: int = Field(ge=0)  # validation images used to measure TTA (0: all of them)
     runs: list[str]  # extra train output folders (other models) to ensemble with this workdir's train/
     weights: Literal["equal", "oof"]  # run weights: equal, or fitted on the runs' common OOF rows
-    leak_label: bool  # a test image clustered with labelled train images takes their label
+    leak_label: bool  # a test image clustered with labelled train images is pulled toward their label
+    leak_weight: float = Field(ge=0.0, le=1.0)  # blend weight toward the train labels (1 only for pixel-identical leaks)
     consistent_clusters: bool  # test images of one duplicate cluster get one (mean) prediction
     batch_size: int = Field(ge=1)  # images x views per forward pass
     device: Literal["auto", "cpu", "cuda"]

@@ -119,7 +119,9 @@ def test_stage_reports_leak_and_conflict(make_params, tmp_path):
     preprocess.run(params, StagePaths(out=pre, inputs={"data": root}))
     summary = dedup.run(params, StagePaths(out=out, inputs={"preprocess": pre}))
     report = json.loads((out / "report.json").read_text())
-    assert report["train_test_leaks"] == [{"test_id": "leak", "train_ids": ["tr5"], "labels": ["2"]}]
+    (leak,) = report["train_test_leaks"]
+    assert {k: leak[k] for k in ("test_id", "train_ids", "labels", "exact")} == {"test_id": "leak", "train_ids": ["tr5"], "labels": ["2"], "exact": False}
+    assert leak["weakest_link"] >= report["threshold"]  # a brighter copy: a near duplicate, so predict blends
     assert [c["labels"] for c in report["label_conflicts"]] == [["1", "2"]]
     assert set(report["label_conflicts"][0]["ids"]) == {"tr1", "copy_of_tr1"}
     clusters = read_clusters(out)

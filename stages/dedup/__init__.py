@@ -64,6 +64,13 @@ def exact_pairs(images, total: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(a, np.int64), np.array(b, np.int64)
 
 
+def exact_of(n: int, first: np.ndarray, copy: np.ndarray) -> np.ndarray:
+    """For every image, the first image with the very same pixels (itself when it has none)."""
+    out = np.arange(n)
+    out[copy] = first
+    return out
+
+
 def score_pairs(images, d: DedupParams, progress=track) -> dict:
     """Every candidate pair of `images` (a sequence of uint8 HxWxC arrays, all the same size) with its
     copy score: exact copies (identical pixels) score 1; the others are each non-flat image's
@@ -81,7 +88,7 @@ def score_pairs(images, d: DedupParams, progress=track) -> dict:
     verified = pair_scores(sig.thumbs, ci, cj, d.max_shift, sig.chroma, progress)
     return {
         "i": np.r_[ea, ci], "j": np.r_[eb, cj], "score": np.r_[np.ones(len(ea), np.float32), verified["score"]],
-        "exact_pairs": int(len(ea)), "candidate_pairs": int(len(ci)),
+        "exact_pairs": int(len(ea)), "candidate_pairs": int(len(ci)), "exact_of": exact_of(n, ea, eb),
         "flat_images": int((sig.stds < d.min_std).sum()),
     }
 
@@ -102,6 +109,8 @@ def find_duplicates(images, d: DedupParams) -> dict:
         "pairs": (scored["i"], scored["j"], scored["score"]),
         "threshold": threshold,
         "threshold_reason": why,
+        "accepted": (scored["i"][ok], scored["j"][ok], scored["score"][ok]),
+        "exact_of": scored["exact_of"],
         "exact_pairs": scored["exact_pairs"],
         "candidate_pairs": scored["candidate_pairs"],
         "near_pairs": int(ok.sum()) - scored["exact_pairs"],
@@ -130,17 +139,20 @@ def run(params: Params, paths) -> dict:
 
     clusters = index[["id", "split", "label"]].copy()
     clusters["cluster"] = found["cluster"]
+    clusters["exact_of"] = found["exact_of"]
     clusters = assign_weights(clusters, d.policy)
     report = {
         "exact_pairs": found["exact_pairs"],
         "candidate_pairs": found["candidate_pairs"],
         "near_pairs": found["near_pairs"],
         "flat_images": found["flat_images"],
+        "threshold": found["threshold"],
+        "threshold_reason": found["threshold_reason"],
         **report_clusters(clusters, found["weakest"], d.sheet_clusters),
     }
     write_csv(paths.out / "clusters.csv", clusters[["id", "split", "cluster", "is_representative", "weight"]])
     write_json(paths.out / "report.json", report)
-    contact_sheet(paths.out / "contact_sheet.png", clusters, images, report, d.sheet_clusters)
+    contact_sheet(paths.out / "contact_sheet.png", clusters, images, report, d.sheet_clusters, found["accepted"])
     if report["label_conflicts"] or report["train_test_leaks"]:
         console.print(f"[yellow]dedup:[/] {len(report['label_conflicts'])} label conflicts, "
                       f"{len(report['train_test_leaks'])} test images leak from train (see report.json)")

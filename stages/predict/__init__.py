@@ -236,7 +236,10 @@ def run(params: Params, paths) -> dict:
         probs = np.vstack([probs, np.tile(prior, (len(unread), 1))])
 
     clusters = read_clusters(paths["dedup"])
-    probs, changes = correct(probs, ids, clusters, train_labels, ctx.classes, ctx.p.leak_label, ctx.p.consistent_clusters)
+    leaks = read_json(paths["dedup"] / "report.json").get("train_test_leaks", [])
+    exact_ids = frozenset(leak["test_id"] for leak in leaks if leak.get("exact"))
+    probs, changes = correct(probs, ids, clusters, train_labels, ctx.classes, ctx.p.leak_label, ctx.p.consistent_clusters,
+                             ctx.p.leak_weight, exact_ids)
     write_csv(out / "corrections.csv", changes)
 
     # probs.csv follows the sample's id order, like the submission.
@@ -250,7 +253,7 @@ def run(params: Params, paths) -> dict:
     write_submission(out / "submission.csv", submission, sample, ctx.classes)
 
     predicted = pd.Series([ctx.classes[k] for k in probs.argmax(1)])
-    leaks_reported = len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", []))
+    leaks_reported = len(leaks)
     summary = {
         "members": len(ctx.members),
         "runs": len(ctx.run_dirs),
@@ -268,7 +271,8 @@ def run(params: Params, paths) -> dict:
         "test images": len(submission),
         "filled with prior (unreadable)": len(unread),
         "train-test leaks (dedup report)": leaks_reported,
-        "corrected by leak label": int((changes.rule == "leak").sum()),
+        "corrected by leak label": f"{int(changes.rule.str.startswith('leak').sum())} "
+                                   f"({int((changes.rule == 'leak (exact)').sum())} pixel-identical, the rest blended with weight {ctx.p.leak_weight})",
         "corrected by cluster consistency": int((changes.rule == "cluster").sum()),
         "predictions changed by correction": int((changes.before != changes.after).sum()),
         "mean confidence": float(probs.max(1).mean()),
