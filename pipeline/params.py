@@ -114,15 +114,18 @@ class TrainParams(Section):
     drop_rate: float = Field(ge=0.0, lt=1.0)  # dropout before the classifier
     drop_path: float = Field(ge=0.0, lt=1.0)  # stochastic depth
     norm: Literal["dataset", "imagenet"]  # input normalisation: the training cache's mean/std, or ImageNet's
+    norm_sample: int = Field(ge=1)  # norm: dataset: images sampled (seeded) for the mean/std
     # Folds.
     folds: int = Field(ge=2, le=50)
     fold: int | None = Field(ge=0)  # train only this fold (one job per GPU/node); None: all folds
     # Optimisation.
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)  # global batch per micro-step, over all torchrun processes (each takes batch_size / world size)
+    batch_size: int | Literal["auto"] = Field(description="global batch per micro-step, or auto (probe the device)")
+    batch_size_max: int = Field(ge=1)  # auto: the probe starts here and halves on out-of-memory
     accumulate: int = Field(ge=1)  # gradient accumulation steps
     lr: float = Field(gt=0.0)  # peak learning rate (for lr_base_batch images per step when that is set)
-    lr_base_batch: int | None = Field(ge=1)  # scale lr linearly by effective batch / this; None: use lr as is
+    lr_base_batch: int | None = Field(ge=1)  # lr is for this many images per step, scaled to the effective batch; None: lr as is
+    lr_scaling: Literal["auto", "linear", "sqrt"]  # how lr follows the batch; auto: sqrt for adamw, linear for sgd (timm's rule)
     optimizer: Literal["adamw", "sgd"]
     momentum: float = Field(ge=0.0, lt=1.0)  # SGD momentum (AdamW ignores it)
     weight_decay: float = Field(ge=0.0)  # L2, never on norms and biases
@@ -141,8 +144,11 @@ class TrainParams(Section):
     mixup: float = Field(ge=0.0)  # mixup alpha (0: off)
     cutmix: float = Field(ge=0.0)  # cutmix alpha (0: off)
     mix_prob: float = Field(ge=0.0, le=1.0)  # probability a batch is mixed when mixup or cutmix is on
+    mix_switch: float = Field(ge=0.0, le=1.0)  # with both on: probability a mixed batch uses cutmix rather than mixup
     mix_off_epochs: int = Field(ge=0)  # no mixing in the last N epochs (clean fine-tune)
-    ema: float = Field(ge=0.0, lt=1.0)  # EMA decay of the weights (0: off); validated and saved when on
+    ema: float = Field(ge=0.0, lt=1.0)  # EMA decay per optimiser step (0: off); validated and saved when on
+    ema_warmup: bool  # timm's warmup: decay = min(ema, 1 - (1 + step)^(-2/3)), so early weights fade fast
+    ema_every: int = Field(ge=1)  # update the EMA every N steps with decay ema^N (same averaging horizon)
     # Imbalance and duplicates.
     loss: Literal["ce", "focal"]
     focal_gamma: float = Field(ge=0.0)
@@ -170,7 +176,9 @@ class TrainParams(Section):
     cudnn_benchmark: bool
     gpu_augment: Literal["auto", "always", "never"]  # always: keep the uint8 cache on the device and augment there
     gpu_cache_fraction: float = Field(gt=0.0, le=1.0)  # auto: use the device path when the cache fits this share
-    workers: int = Field(ge=0)  # data loader processes for the albumentations path
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"]  # data loader processes for the albumentations path; auto: cores - 1, at most 8
+    log_every: int = Field(ge=1)  # steps between reads of the loss (finiteness check, progress bar): the only host syncs
+    checkpoint_every: int | Literal["auto"] = Field(description="epochs between last.pt writes, or auto")
     # Stopping, metrics.
     patience: int = Field(ge=0)  # stop a fold after N epochs without improvement (0: never)
     metric: Literal["accuracy", "macro_f1", "log_loss"]  # selects the best checkpoint and reports cv
@@ -178,6 +186,21 @@ class TrainParams(Section):
     # Distributed (torchrun): one process per GPU, DDP.
     sync_bn: bool  # SyncBatchNorm across processes (CUDA only; BatchNorm statistics of the global batch)
     dist_timeout: float = Field(gt=0.0)  # seconds a collective waits for the other ranks before the run fails
+    # Logs.
+    tensorboard: bool  # TensorBoard event files per fold (needs the optional tensorboard package)
+
+    @field_validator("batch_size", "checkpoint_every")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError("expected auto or an integer >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_batch_needs_a_base(self):
+        if self.batch_size == "auto" and self.lr_base_batch is None:
+            raise ValueError("batch_size = auto needs lr_base_batch (the batch train.lr is written for)")
+        return self
 
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "shift", "scale", "crops")
@@ -200,7 +223,7 @@ class PredictParams(Section):
     consistent_clusters: bool  # test images of one duplicate cluster get one (mean) prediction
     batch_size: int = Field(ge=1)  # images x views per forward pass
     device: Literal["auto", "cpu", "cuda"]
-    amp: bool  # autocast (bfloat16) on CUDA
+    amp: Literal["auto", "bf16", "fp16", "off"]  # autocast on CUDA, as train.amp; auto: bf16 where supported
 
     @field_validator("tta")
     @classmethod
@@ -264,9 +287,17 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value  # a misspelt key is caught by validation, which names the allowed ones
 
 
+BRANCH_TYPES = {"int", "str", "float", "bool", "none"}
+BRANCH_PREFIXES = ("function-", "tuple[", "constrained-", "literal[", "list[", "dict[")
+
+
+def _key(err: dict) -> str:
+    # Unions report one error per branch (loc ends in the branch's type); keep the path that names a key.
+    return ".".join(str(p) for p in err["loc"] if str(p) not in BRANCH_TYPES and not str(p).startswith(BRANCH_PREFIXES))
+
+
 def _describe(err: dict) -> str:
-    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tuple[")))
-    # Unions report one error per branch; keep only the field path that names a key.
+    key = _key(err)
     if err["type"] == "missing":
         return f"{key}: missing from params.yaml"
     if err["type"] == "extra_forbidden":
@@ -290,7 +321,12 @@ def validate(raw: dict) -> Params:
     except ValidationError as exc:
         errors = exc.errors()
         first = _describe(errors[0])
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        branches = [e for e in errors if _key(e) == _key(errors[0])]
+        if len(branches) > 1:  # a union (e.g. an int or "auto"): say every form the key accepts
+            wanted = " or ".join(dict.fromkeys(e["msg"].lower().removeprefix("input should be ").split(",")[0] for e in branches))
+            first = f"{_key(errors[0])} = {errors[0].get('input')!r}: expected {wanted}"
+        rest = len(errors) - len(branches)
+        more = f" (and {rest} more)" if rest else ""
         raise ParamsError(first + more) from None
 
 
@@ -300,10 +336,16 @@ def load_raw(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ParamsError(f"{path}{_yaml_where(exc)}: not valid YAML ({getattr(exc, 'problem', None) or str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """':line:column' (1-based, as editors count) of a YAML error, when the parser knows it."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
 
 
 def load_params(path: Path, overrides: list[str] = (), workdir: str | None = None) -> tuple[Params, list[str]]:

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from pipeline.artifacts import atomic_path  # noqa: E402
+from pipeline.plots import plt, save_figure
 
 PER_ROW = 8  # members shown per cluster
 
@@ -61,7 +57,4 @@ def contact_sheet(path: Path, clusters: pd.DataFrame, images, report: dict, top:
                         transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7)
     fig.suptitle("duplicate clusters (largest, then label conflicts in red); under each image: its strongest link "
                  "(~#member copy score); min = the cluster's weakest link", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)

@@ -17,6 +17,11 @@ import numpy as np
 import pandas as pd
 
 
+def exact_leak_ids(dedup_report: dict) -> frozenset:
+    """Test ids that dedup found pixel-identical to a train image of their cluster."""
+    return frozenset(leak["test_id"] for leak in dedup_report.get("train_test_leaks", []) if leak.get("exact"))
+
+
 def correct(probs: np.ndarray, ids: list[str], clusters: pd.DataFrame, train_labels: pd.Series, classes: list[str],
             leak_label: bool, consistent: bool, leak_weight: float = 1.0, exact_ids: frozenset = frozenset()) -> tuple[np.ndarray, pd.DataFrame]:
     """Return corrected probabilities (rows of `ids`) and one row per image whose probabilities changed.

@@ -29,14 +29,16 @@ import torch
 from pipeline import distributed as ddp
 from pipeline.artifacts import folder_lock, read_json, replace_dir, write_csv, write_json
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows
-from pipeline.console import console
+from pipeline.console import RunClock, console
 from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
 from pipeline.runner import finished_folds
+from stages.train import tensorboard
+from stages.train.data import data_workers, usable_cores
 from stages.train.distill import load_teacher
 from stages.train.folds import assign_folds
-from stages.train.rows import RowStack, Rows, concat, extra_rows
+from stages.train.rows import RowStack, Rows, TrainData, concat, extra_rows
 
 PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
@@ -46,9 +48,10 @@ def check(params: Params) -> None:
     p = params.train
     if p.fold is not None and p.fold >= p.folds:
         raise StageError(f"train.fold = {p.fold}: expected 0..{p.folds - 1} (train.folds = {p.folds})")
+    tensorboard.check(p.tensorboard)
 
 
-def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
+def load_data(params: Params, paths) -> tuple[TrainData, pd.DataFrame]:
     """Everything that may train (stages.train.rows), its pixels, and the labelled table for the OOF file."""
     p = params.train
     pre = paths["preprocess"]
@@ -85,11 +88,11 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
         sources["pseudo"] = pseudo.ids
     if params.distill.teacher:
         add_teacher(parts, sources, params, index, clusters, classes, test_offset)
-    data = {"rows": concat(list(parts.values())),
-            "pixels": RowStack([arrays["train"], copies, arrays["test"]]), "classes": classes,
-            "transform": A.load(str(paths["augment"] / "transform.json"), data_format="json"),
-            "gpu_recipe": read_json(paths["augment"] / "gpu_augment.json") if (paths["augment"] / "gpu_augment.json").is_file() else None,
-            "norm": normalisation(arrays["train"], p.norm, params.seed)}
+    recipe = paths["augment"] / "gpu_augment.json"
+    data = TrainData(rows=concat(list(parts.values())), pixels=RowStack([arrays["train"], copies, arrays["test"]]), classes=classes,
+                     transform=A.load(str(paths["augment"] / "transform.json"), data_format="json"),
+                     gpu_recipe=read_json(recipe) if recipe.is_file() else None,
+                     norm=normalisation(arrays["train"], p.norm, params.seed, p.norm_sample))
     return data, train
 
 
@@ -111,55 +114,137 @@ def add_teacher(parts: dict, sources: dict, params: Params, index, clusters, cla
 def run(params: Params, paths) -> dict:
     from stages.train.loop import train_fold
 
-    p = params.train
     check(params)
     data, train = load_data(params, paths)
-    device = ddp.local_device(resolve_device(p.device))
+    device = ddp.local_device(resolve_device(params.train.device))
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = p.cudnn_benchmark
-    folds = range(p.folds) if p.fold is None else [p.fold]
-    with ddp.session(p.dist_timeout, device) as world:
-        console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
-                      + f", rows {data['rows'].describe()}"
-                      + f", {len(data['classes'])} classes, folds {list(folds)}")
+        torch.backends.cudnn.benchmark = params.train.cudnn_benchmark
+    folds = range(params.train.folds) if params.train.fold is None else [params.train.fold]
+    finished = finished_folds(paths.out, getattr(paths, "key", ""))  # e.g. by an earlier --fold job
+    clock = RunClock(total_epochs=params.train.epochs * len([k for k in folds if k not in finished]))
+    with ddp.session(params.train.dist_timeout, device) as world:
+        params = resolve_batch_size(params, data, device, world.size)
+        path, why = data_path(params.train, data, device)
+        p = params.train
+        if world.main:
+            console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
+                          + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {', '.join(map(str, folds))}")
+            workers = f"; loader workers {data_workers('auto')} (auto: {usable_cores()} cores)" if p.workers == "auto" and path == "loader" else ""
+            console.print(f"train: data path {path}: {why}{workers}")
         trained = []
         for fold in folds:
-            if fold in finished_folds(paths.out, getattr(paths, "key", "")):  # e.g. by an earlier --fold job
+            if fold in finished:
                 console.print(f"fold {fold}: finished earlier with these params and inputs, kept (`pipeline run --force` retrains it)")
                 continue
-            probs = train_fold(fold, data, params, paths.out / PARTIAL, device)
+            probs = train_fold(fold, data, params, paths.out / PARTIAL, device, path, clock)
             trained.append(fold)
             if world.main:
-                finish_fold(fold, probs, data, train, params, paths)
+                finish_fold(fold, probs, data, train, params, paths, {"data_path": path, "batch_size": p.batch_size})
     if not world.main:
         return {}
+    remove_if_empty(paths.out / PARTIAL)
     with folder_lock(paths.out):
-        return summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
+        result = summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
+    return {**result, "data path": f"{path} ({why})", "batch size": p.batch_size}
 
 
-def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, params: Params, paths) -> None:
+def remove_if_empty(folder) -> None:
+    """.partial/ holds unfinished folds only; once every fold is renamed into place it goes too."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or another job's fold is still training in it
+        pass
+
+
+def resolve_batch_size(params: Params, data: TrainData, device: torch.device, world_size: int) -> Params:
+    """train.batch_size: auto -> a number, decided once per run (every fold and rank trains with it)."""
+    p = params.train
+    if p.batch_size != "auto":
+        return params
+    from stages.train.batch_size import auto_batch
+    from stages.train.model import create_model
+
+    shape = (data.pixels.shape[3], *data.pixels.shape[1:3])
+    batch, why = auto_batch(lambda: create_model(p, len(data.classes), shape[0]), shape, len(data.classes), p, device, world_size)
+    batch = ddp.from_main(batch)
+    console.print(f"train.batch_size = auto: {batch} ({why})")
+    return params.model_copy(update={"train": p.model_copy(update={"batch_size": batch})})
+
+
+def data_path(p, data: TrainData, device: torch.device) -> tuple[str, str]:
+    """Where batches are made, decided once per run so every fold trains the same way: "device" (the
+    uint8 cache on the GPU, augmented there) or "loader" (albumentations in worker processes)."""
+    from stages.train.gpu_augment import fits, missing_ops
+
+    missing = missing_ops(data.gpu_recipe)
+    if p.gpu_augment == "never":
+        return "loader", "train.gpu_augment = never"
+    if missing:
+        if p.gpu_augment == "always":
+            raise StageError(f"train.gpu_augment = always: augment/gpu_augment.json lacks {', '.join(missing)}; rerun `pipeline augment`")
+        return "loader", f"the device path lacks {', '.join(missing)} of this recipe (rerun `pipeline augment`)"
+    if p.gpu_augment == "always":
+        return "device", "train.gpu_augment = always"
+    if device.type != "cuda":
+        return "loader", f"no GPU ({device.type})"
+    nbytes = len(data.rows) * int(np.prod(data.pixels.shape[1:]))
+    free = torch.cuda.mem_get_info(device)[0]
+    if fits(nbytes, free, p.gpu_cache_fraction):
+        return "device", f"the cache ({nbytes / 2**20:.0f} MiB) fits in {p.gpu_cache_fraction:.0%} of the free GPU memory"
+    return "loader", f"the cache ({nbytes / 2**20:.0f} MiB) exceeds {p.gpu_cache_fraction:.0%} of the free GPU memory ({free / 2**20:.0f} MiB)"
+
+
+def finish_fold(fold: int, probs: np.ndarray, data: TrainData, train: pd.DataFrame, params: Params, paths, how: dict) -> None:
     """The fold's OOF rows, curves and key beside its checkpoints, then the folder renamed into place."""
     from stages.train import plots
 
     partial = paths.out / PARTIAL / f"fold{fold}"
-    val = np.where(data["rows"].fold == fold)[0]  # labelled rows come first, in the order of `train`
-    frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in data["classes"]])
+    val = np.where(data.rows.fold == fold)[0]  # labelled rows come first, in the order of `train`
+    frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in data.classes])
     frame.insert(0, "fold", fold)
     frame.insert(0, "label", train.label.to_numpy()[val])
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
     plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
-    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", "")})
+    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), **how})  # how: data path, batch size
     replace_dir(partial, paths.out / f"fold{fold}")
 
 
 def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
-    """oof.csv, cv.json and confusion.png from every finished fold of this recipe (call under the lock)."""
-    from stages.train import plots
+    """oof.csv, cv.json, confusion.png and top_losses.png from every finished fold of this recipe (call
+    under the lock); returns the stage summary, CV first, epochs 1-based."""
+    from stages.train import plots, top_losses
     from stages.train.metrics import compute
 
     p, out = params.train, paths.out
-    key = getattr(paths, "key", "")
+    folds = current_folds(out, getattr(paths, "key", ""))
+    classes = read_classes(paths["preprocess"])
+    oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False) for k in folds],
+                    ignore_index=True)
+    to_idx = {c: i for i, c in enumerate(classes)}
+    columns = [f"p_{c}" for c in classes]
+    table = [fold_row(out, fold, oof[oof.fold == fold], to_idx, columns, p.metric) for fold in folds]
+    write_csv(out / "oof.csv", oof)
+    y = oof.label.map(to_idx).to_numpy()
+    probs = oof[columns].to_numpy()
+    overall = compute(y, probs)
+    plots.confusion(y, probs.argmax(1), classes, out / "confusion.png")
+    top_losses.write(out / "top_losses.png", oof, classes, paths["preprocess"], paths["dedup"])
+    values = [row[p.metric] for row in table]
+    missing = [k for k in range(p.folds) if k not in folds]
+    cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
+          "per_fold": {str(row["fold"]): row[p.metric] for row in table}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
+    write_json(out / "cv.json", cv)
+    return {f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f} over {len(folds)} of {p.folds} folds",
+            "oof": {"accuracy": round(overall["accuracy"], 4), "macro-F1": round(overall["macro_f1"], 4), "log loss": round(overall["log_loss"], 4)},
+            "folds": table, "missing folds": missing or "none", "model": model,
+            "trained in this run": [f"fold {k}" for k in trained] or "none (every fold was finished)",
+            "plots": "train/confusion.png, train/top_losses.png, train/fold<k>/curves.png"}
+
+
+def current_folds(out, key: str) -> list[int]:
+    """The finished folds trained with this key; finished folds of another recipe are removed, as a full
+    rerun would replace them."""
     folds = []
     for fold in finished_folds(out):
         if read_json(out / f"fold{fold}" / "fold.json")["key"] == key:
@@ -167,30 +252,15 @@ def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
         else:
             console.print(f"[yellow]removed[/] {out / f'fold{fold}'}: trained with other params or inputs")
             shutil.rmtree(out / f"fold{fold}")
-    classes = read_classes(paths["preprocess"])
-    oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False) for k in folds],
-                    ignore_index=True)
-    to_idx = {c: i for i, c in enumerate(classes)}
-    columns = [f"p_{c}" for c in classes]
-    per_fold, speed, epochs = {}, [], {}
-    for fold in folds:
-        rows = oof[oof.fold == fold]
-        per_fold[fold] = compute(rows.label.map(to_idx).to_numpy(), rows[columns].to_numpy())[p.metric]
-        history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
-        speed.append(float(history.images_per_s.median()))
-        best_row = history[f"val_{p.metric}"].idxmin() if p.metric == "log_loss" else history[f"val_{p.metric}"].idxmax()
-        epochs[fold] = f"{int(history.epoch[best_row])}/{len(history)}"
-    write_csv(out / "oof.csv", oof)
-    y = oof.label.map(to_idx).to_numpy()
-    probs = oof[columns].to_numpy()
-    overall = compute(y, probs)
-    plots.confusion(y, probs.argmax(1), classes, out / "confusion.png")
-    values = list(per_fold.values())
-    missing = [k for k in range(p.folds) if k not in folds]
-    cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
-          "per_fold": {str(k): v for k, v in per_fold.items()}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
-    write_json(out / "cv.json", cv)
-    return {"model": model, "folds trained": len(trained), "folds in the summary": folds,
-            "folds missing": ", ".join(map(str, missing)) or "none", "best epoch / epochs run": epochs,
-            "train images/s (median epoch)": f"{np.mean(speed):.0f}", f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f}",
-            "oof accuracy": overall["accuracy"], "oof macro-F1": overall["macro_f1"], "oof log-loss": overall["log_loss"]}
+    return folds
+
+
+def fold_row(out, fold: int, rows: pd.DataFrame, to_idx: dict, columns: list[str], metric: str) -> dict:
+    """One line of the summary's fold table: its best checkpoint's score, which epoch (1-based), speed."""
+    from stages.train.metrics import compute
+    from stages.train.plots import best_epoch
+
+    history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
+    score = compute(rows.label.map(to_idx).to_numpy(), rows[columns].to_numpy())[metric]
+    return {"fold": fold, metric: round(score, 4), "best epoch": f"{int(history.epoch[best_epoch(history, metric)]) + 1} of {len(history)}",
+            "img/s": int(round(float(history.images_per_s.median()))), "minutes": round(float(history.seconds.sum()) / 60, 1)}
