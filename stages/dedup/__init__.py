@@ -1,18 +1,21 @@
 """dedup: find exact and near-duplicate images, cluster them, weight each cluster as one sample.
 
-1. Exact duplicates: identical cached pixels (content hash).
-2. Near duplicates (re-encoded, shifted 1-2 px, brighter/darker, resized): every image gets a centred,
-   z-scored 32x32 gray thumbnail and a 64-bit DCT hash (signatures.py); pairs of hashes within
-   `dedup.radius` are found by sorted neighbourhoods under bit rotations (search.py, sub-quadratic);
-   each candidate is verified by the thumbnails' correlation maximised over shifts up to
-   `dedup.max_shift` (verify.py), kept when >= `dedup.threshold`. The hash alone is not trusted: on
-   small gray images (digits) it puts thousands of distinct items within any useful radius.
+1. Exact duplicates: identical cached pixels (content hash); they score 1.
+2. Near duplicates (re-shot, shifted, re-lit, re-encoded, resized, blurred): every image gets
+   signatures (signatures.py: a z-scored 32x32 gray thumbnail, a chroma thumbnail for colour data,
+   and a shift-tolerant Fourier-magnitude embedding); each image's `dedup.neighbours` nearest
+   neighbours by the embedding are the candidates (search.py, sub-quadratic above 60k images); each
+   candidate is aligned and scored (verify.py: worst local structural similarity after sub-pixel
+   alignment and blur matching, and colour), kept when >= `dedup.threshold` (auto: calibrate.py).
    Near-uniform thumbnails (std < `dedup.min_std`) are left out of step 2: they all look alike.
-3. Union-find turns the pairs into clusters (connected components); each cluster's weakest accepted
-   link is reported so chaining is visible.
+3. Union-find turns the pairs into clusters (connected components), strongest links first; each
+   cluster's weakest spanning link is reported so chaining is visible.
 
-Outputs: clusters.csv (id, split, cluster, is_representative, weight), report.json (counts, largest
-clusters, label conflicts, train/test leaks), contact_sheet.png (largest clusters and conflicts).
+`score_pairs` is the pair-scoring API (pairs of indices with a copy score, all candidates); the stage
+keeps those over the threshold. Outputs: clusters.csv (id, split, cluster, is_representative,
+weight), report.json (counts, the threshold and why, largest clusters, label conflicts, train/test
+leaks with their weakest link and whether pixel-identical), contact_sheet.png (largest clusters and
+conflicts, with ids and link scores).
 """
 
 from __future__ import annotations
