@@ -4,7 +4,7 @@
 2. Near duplicates (re-shot, shifted, re-lit, re-encoded, resized, blurred): every image gets
    signatures (signatures.py: a z-scored 32x32 gray thumbnail, a chroma thumbnail for colour data,
    and a shift-tolerant Fourier-magnitude embedding); each image's `dedup.neighbours` nearest
-   neighbours by the embedding are the candidates (search.py, sub-quadratic above 60k images); each
+   neighbours by the embedding are the candidates (search.py, sub-quadratic above 20k images); each
    candidate is aligned and scored (verify.py: worst local structural similarity after sub-pixel
    alignment and blur matching, and colour), kept when >= `dedup.threshold` (auto: calibrate.py).
    Near-uniform thumbnails (std < `dedup.min_std`) are left out of step 2: they all look alike.
