@@ -94,7 +94,7 @@ def evaluate(name: str, items: Items, params) -> dict:
     copies = sum(k != "original" for k in items.kinds)
     print(f"\n== {name}: {len(items.images) - copies} items + {copies} copies, cache {shape}; "
           f"preprocess {t1 - t0:.1f}s, dedup {t2 - t1:.1f}s, {found['candidate_pairs']} candidates")
-    print(f"default (threshold {found['threshold_reason']}): precision {precision:.3f}  recall {recall:.3f}")
+    print(f"default (threshold {found.get('threshold_reason', d.threshold)}): precision {precision:.3f}  recall {recall:.3f}")
     print("copies found, by transform: " + ", ".join(f"{k} {v:.2f}" for k, v in per_transform(pred, items).items()))
     print("hard negatives merged: " + (", ".join(f"{k} {v}" for k, v in negatives_merged(pred, items).items()) or "none"))
     result = {"precision": precision, "recall": recall}
