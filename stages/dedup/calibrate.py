@@ -14,8 +14,8 @@ import numpy as np
 
 LOOKALIKE_RANK = 5  # 0-based: the 6th-best neighbour
 QUANTILE = 0.99
-GAP = 0.7
-FLOOR = 0.85
+GAP = 0.65
+FLOOR = 0.88
 MIN_SAMPLES = 200  # fewer images than this with a 6th neighbour: too few to measure, use FLOOR
 
 
