@@ -12,10 +12,18 @@
    cluster's weakest spanning link is reported so chaining is visible.
 
 `score_pairs` is the pair-scoring API (pairs of indices with a copy score, all candidates); the stage
-keeps those over the threshold. Outputs: clusters.csv (id, split, cluster, is_representative,
-weight), report.json (counts, the threshold and why, largest clusters, label conflicts, train/test
-leaks with their weakest link and whether pixel-identical), contact_sheet.png (largest clusters and
-conflicts, with ids and link scores).
+keeps those over the threshold. The test side uses the
+threshold the train side decided.
+
+Train depends on the training data only (pipeline.runner), so the clusters are built in two sides:
+  train/  train clusters and weights from train<->train links alone (a test image never changes a
+          train weight): clusters.csv, report.json (counts, largest clusters, label conflicts)
+  test/   each test image joins the train cluster of its strongest link (a leak), through other test
+          images if need be, or a test-only cluster; it never merges two train clusters:
+          clusters.csv, report.json
+  report.json (both sides: counts, largest clusters, label conflicts, train/test leaks) and
+  contact_sheet.png (largest clusters and conflicts), for a person to look at.
+clusters.csv columns: id, split, cluster, is_representative, weight (test rows weigh 0).
 """
 
 from __future__ import annotations
@@ -25,8 +33,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import write_csv, write_json
-from pipeline.cache import read_arrays, read_index
+from pipeline.artifacts import read_json, write_csv, write_json
+from pipeline.cache import read_arrays, read_clusters, read_index
 from pipeline.console import console, track
 from pipeline.params import DedupParams, Params
 from stages.dedup.calibrate import auto_threshold
@@ -36,6 +44,8 @@ from stages.dedup.sheet import contact_sheet
 from stages.dedup.signatures import signatures
 from stages.dedup.verify import pair_scores
 from stages.dedup.union_find import UnionFind
+
+COLUMNS = ["id", "split", "cluster", "is_representative", "weight"]
 
 
 class CacheRows:
@@ -96,29 +106,39 @@ def score_pairs(images, d: DedupParams, progress=track) -> dict:
     }
 
 
-def find_duplicates(images, d: DedupParams) -> dict:
-    """Images -> cluster number per image, weakest link per cluster, the scored pairs and counts.
-    Used by the stage and by the benchmarks."""
+def find_links(images, d: DedupParams, threshold: float | None = None) -> dict:
+    """Images -> every accepted duplicate link (a, b, score: 1 for exact copies), all scored pairs,
+    the threshold used and why, and the counts behind them. `threshold`: a value decided before (the
+    train side's); None: `d.threshold`, or from these images' own look-alike level when it is auto."""
     scored = score_pairs(images, d)
-    if d.threshold == "auto":
+    if threshold is not None:
+        why = f"{threshold} (decided on the train side)"
+    elif d.threshold == "auto":
         threshold, why = auto_threshold(scored["i"], scored["j"], scored["score"], len(images))
     else:
         threshold, why = d.threshold, "set in params"
     ok = scored["score"] >= threshold
-    cluster, weakest = cluster_links(len(images), scored["i"][ok], scored["j"][ok], scored["score"][ok])
     return {
-        "cluster": cluster,
-        "weakest": weakest,
+        "a": scored["i"][ok].astype(np.int64),
+        "b": scored["j"][ok].astype(np.int64),
+        "link": scored["score"][ok],
         "pairs": (scored["i"], scored["j"], scored["score"]),
-        "threshold": threshold,
+        "threshold": float(threshold),
         "threshold_reason": why,
-        "accepted": (scored["i"][ok], scored["j"][ok], scored["score"][ok]),
         "exact_of": scored["exact_of"],
         "exact_pairs": scored["exact_pairs"],
         "candidate_pairs": scored["candidate_pairs"],
         "near_pairs": int(ok.sum()) - scored["exact_pairs"],
         "flat_images": scored["flat_images"],
     }
+
+
+def find_duplicates(images, d: DedupParams) -> dict:
+    """Images -> cluster number per image, weakest link per cluster, and find_links' outputs.
+    Used by the train side and by the benchmarks."""
+    found = find_links(images, d)
+    cluster, weakest = cluster_links(len(images), found["a"], found["b"], found["link"])
+    return {**found, "cluster": cluster, "weakest": weakest}
 
 
 def cluster_links(n: int, a: np.ndarray, b: np.ndarray, link: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
@@ -134,28 +154,103 @@ def cluster_links(n: int, a: np.ndarray, b: np.ndarray, link: np.ndarray) -> tup
     return cluster, {int(c): float(v) for c, v in weakest.items()}
 
 
+def attach_test(train_cluster: np.ndarray, n_test: int, a: np.ndarray, b: np.ndarray, link: np.ndarray):
+    """Clusters of the test images, given the train clusters and the links among train + test images
+    (train images first, numbered 0..n_train-1, then the test images).
+
+    Train<->train links are ignored: the train clusters are final, so no test image can merge two of
+    them or change a train weight. Test images linked to each other form components; a component with
+    links to train images joins the train cluster of its strongest such link (a leak), any other one is
+    a new test-only cluster, numbered after the train clusters. Returns (cluster per test image,
+    attaching link score per test image or NaN, weakest spanning link per test-only cluster, number of
+    components linked to more than one train cluster)."""
+    n_train = len(train_cluster)
+    test_a, test_b = a >= n_train, b >= n_train
+    both = test_a & test_b
+    component, weakest = cluster_links(n_test, a[both] - n_train, b[both] - n_train, link[both])
+    cross = test_a ^ test_b
+    test_end = np.where(test_a[cross], a[cross], b[cross]) - n_train
+    train_end = np.where(test_a[cross], b[cross], a[cross])
+    links = pd.DataFrame({"component": component[test_end], "cluster": train_cluster[train_end], "link": link[cross]})
+    links = links.sort_values(["component", "link", "cluster"], ascending=[True, False, True], kind="stable")
+    best = links.drop_duplicates("component").set_index("component")
+    ambiguous = int((links.groupby("component")["cluster"].nunique() > 1).sum())
+    first_new = int(train_cluster.max()) + 1 if n_train else 0
+    alone = [c for c in pd.unique(component) if c not in best.index]
+    new_number = {c: first_new + k for k, c in enumerate(alone)}
+    cluster = np.array([best.cluster[c] if c in best.index else new_number[c] for c in component], dtype=np.int64)
+    score = np.array([best.link[c] if c in best.index else np.nan for c in component], dtype=np.float64)
+    weakest_new = {new_number[c]: v for c, v in weakest.items() if c in new_number}
+    return cluster, score, weakest_new, ambiguous
+
+
+def build_train_side(index: pd.DataFrame, arrays, d: DedupParams, out) -> tuple[pd.DataFrame, dict]:
+    """Clusters and weights of the train images from train<->train links alone (train/clusters.csv)."""
+    train = index[index.split == "train"].reset_index(drop=True)
+    found = find_duplicates(CacheRows(arrays, train), d)
+    clusters = assign_weights(train[["id", "split", "label"]].assign(cluster=found["cluster"]), d.policy)
+    report = {k: found[k] for k in ("exact_pairs", "candidate_pairs", "near_pairs", "flat_images", "threshold", "threshold_reason")}
+    report.update({k: v for k, v in report_clusters(clusters, found["weakest"], d.sheet_clusters).items() if "leak" not in k})
+    report["weakest_links"] = {str(c): v for c, v in found["weakest"].items()}  # the test side reports with them
+    write_csv(out / "clusters.csv", clusters[COLUMNS])
+    write_json(out / "report.json", report)
+    return clusters, report
+
+
+def build_test_side(index: pd.DataFrame, images, train: pd.DataFrame, d: DedupParams, out,
+                    threshold: float | None = None) -> tuple[pd.DataFrame, dict, dict]:
+    """Test images attached to the train clusters (leaks) or in test-only clusters (test/clusters.csv),
+    with links kept at the train side's threshold."""
+    test = index[index.split == "test"].reset_index(drop=True)
+    found = find_links(images, d, threshold)
+    cluster, score, weakest, ambiguous = attach_test(train.cluster.to_numpy(np.int64), len(test), found["a"], found["b"], found["link"])
+    clusters = test[["id", "split", "label"]].assign(cluster=cluster, is_representative=False, weight=0.0)
+    new = ~clusters.cluster.isin(set(train.cluster))
+    clusters.loc[new & ~clusters.cluster.duplicated(), "is_representative"] = True
+    report = {
+        "test_images": int(len(test)),
+        "attached_to_train_clusters": int((~new).sum()),
+        "test_only_clusters": int(clusters.cluster[new].nunique()),
+        "linked_to_several_train_clusters": ambiguous,  # joined the strongest; never merged the train clusters
+        "attaching_links": {row.id: round(float(s), 4) for row, s in zip(clusters.itertuples(), score) if not np.isnan(s)},
+    }
+    write_csv(out / "clusters.csv", clusters[COLUMNS])
+    write_json(out / "report.json", report)
+    return clusters, report, {"links": found, "weakest": weakest}
+
+
 def run(params: Params, paths) -> dict:
     d = params.dedup
-    index, arrays = read_index(paths["preprocess"]), read_arrays(paths["preprocess"])
+    pre, out = paths["preprocess"], paths.out
+    index, arrays = read_index(pre), read_arrays(pre)
+    if paths.reused:  # the runner carried the train side over: only the test images changed
+        train = read_clusters(out, ("train",))
+        train_report = read_json(out / "train" / "report.json")
+    else:
+        train, train_report = build_train_side(index, arrays, d, out / "train")
     images = CacheRows(arrays, index)
-    found = find_duplicates(images, d)
+    test, test_report, found = build_test_side(index, images, train, d, out / "test", train_report.get("threshold"))
 
-    clusters = index[["id", "split", "label"]].copy()
-    clusters["cluster"] = found["cluster"]
-    clusters["exact_of"] = found["exact_of"]
-    clusters = assign_weights(clusters, d.policy)
+    labels = index[index.split == "train"][["id", "label"]]
+    clusters = pd.concat([labels.merge(train[COLUMNS], on="id", how="left"), test], ignore_index=True)
+    weakest = {int(c): v for c, v in train_report["weakest_links"].items()} | found["weakest"]
+    links = found["links"]
+    ids = index.id.to_numpy()
+    clusters["exact_of"] = clusters.id.map(pd.Series(ids[links["exact_of"]], index=ids))  # pixel-identical leaks
     report = {
-        "exact_pairs": found["exact_pairs"],
-        "candidate_pairs": found["candidate_pairs"],
-        "near_pairs": found["near_pairs"],
-        "flat_images": found["flat_images"],
-        "threshold": found["threshold"],
-        "threshold_reason": found["threshold_reason"],
-        **report_clusters(clusters, found["weakest"], d.sheet_clusters),
+        "exact_pairs": links["exact_pairs"],
+        "candidate_pairs": links["candidate_pairs"],
+        "near_pairs": links["near_pairs"],
+        "flat_images": links["flat_images"],
+        "threshold": links["threshold"],
+        "threshold_reason": train_report.get("threshold_reason", links["threshold_reason"]),
+        "train_side": "carried over (unchanged)" if paths.reused else "built",
+        **report_clusters(clusters, weakest, d.sheet_clusters),
     }
-    write_csv(paths.out / "clusters.csv", clusters[["id", "split", "cluster", "is_representative", "weight"]])
-    write_json(paths.out / "report.json", report)
-    contact_sheet(paths.out / "contact_sheet.png", clusters, images, report, d.sheet_clusters, found["accepted"])
+    write_json(out / "report.json", report)  # both sides, for a person to read
+    position = pd.Series(np.arange(len(clusters)), index=clusters.id)[ids].to_numpy()  # index order -> sheet rows
+    accepted = (position[links["a"]], position[links["b"]], links["link"])
+    contact_sheet(out / "contact_sheet.png", clusters, images, report, d.sheet_clusters, accepted)
     if report["label_conflicts"] or report["train_test_leaks"]:
         console.print(f"[yellow]dedup:[/] {len(report['label_conflicts'])} label conflicts, "
                       f"{len(report['train_test_leaks'])} test images leak from train (see report.json)")
