@@ -67,10 +67,9 @@ class PreprocessParams(Section):
 
 
 class DedupParams(Section):
-    threshold: float = Field(ge=0.0, le=1.0)  # shift-tolerant correlation above which two images are duplicates
+    threshold: Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]  # copy score (verify.py) above which two images are duplicates
     policy: Literal["weight", "representative"]
-    radius: int = Field(ge=0, le=32)  # Hamming radius of the 64-bit hash that makes a candidate pair
-    window: int = Field(ge=1, le=1024)  # neighbours compared in each sorted hash order (bounds crowded buckets)
+    neighbours: int = Field(ge=0, le=256)  # candidate pairs per image: nearest neighbours by the embedding
     max_shift: int = Field(ge=0, le=8)  # shifts (thumbnail pixels) tried when verifying a candidate
     min_std: float = Field(ge=0.0)  # thumbnails flatter than this (0..255 gray) are never near-duplicates
     sheet_clusters: int = Field(ge=0, le=100)  # clusters drawn on each contact sheet
@@ -221,7 +220,8 @@ class PredictParams(Section):
     tta_oof_images: int = Field(ge=0)  # validation images used to measure TTA (0: all of them)
     runs: list[str]  # extra train output folders (other models) to ensemble with this workdir's train/
     weights: Literal["equal", "oof"]  # run weights: equal, or fitted on the runs' common OOF rows
-    leak_label: bool  # a test image clustered with labelled train images takes their label
+    leak_label: bool  # a test image clustered with labelled train images is pulled toward their label
+    leak_weight: float = Field(ge=0.0, le=1.0)  # blend weight toward the train labels (1 only for pixel-identical leaks)
     consistent_clusters: bool  # test images of one duplicate cluster get one (mean) prediction
     batch_size: int = Field(ge=1)  # images x views per forward pass
     device: Literal["auto", "cpu", "cuda"]

@@ -30,7 +30,7 @@ from pipeline.device import autocast_dtype, resolve_device
 from pipeline.params import TTA_VIEWS, Params
 from pipeline.errors import StageError
 from stages.predict.compatible import check_runs
-from stages.predict.correction import correct
+from stages.predict.correction import correct, exact_leak_ids
 from pipeline.blend import fit_weights, log_loss
 from stages.predict.ensemble import Member, find_members, load_model, predict_views, read_oof
 from stages.predict.plots import plot_predictions
@@ -223,8 +223,9 @@ def run(params: Params, paths) -> dict:
     tta = pick_tta(ctx, paths.out)
     probs, ids = predict_test(ctx, tta.views)
     probs, ids, unread = fill_unread(ctx, paths["preprocess"], probs, ids)
+    exact = exact_leak_ids(read_json(paths["dedup"] / "report.json"))
     probs, changes = correct(probs, ids, read_clusters(paths["dedup"]), ctx.train_labels, ctx.classes, ctx.p.leak_label,
-                             ctx.p.consistent_clusters)
+                             ctx.p.consistent_clusters, ctx.p.leak_weight, exact)
     write_csv(paths.out / "corrections.csv", changes)
     probs, submission = write_outputs(ctx, paths, probs, ids)
     summary = summarize(ctx, paths, weights, oof, tta, submission, probs, unread, changes)
@@ -305,7 +306,9 @@ def summarize(ctx: Context, paths, weights: dict, oof: dict, tta: TtaChoice, sub
         "test images": len(submission),
         "filled with prior (unreadable)": len(unread),
         "train-test leaks (dedup report)": len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", [])),
-        "corrected by leak label": int((changes.rule == "leak").sum()),
+        "corrected by leak label": int(changes.rule.str.startswith("leak").sum()),
+        "leak labels taken as they are (pixel-identical)": int((changes.rule == "leak (exact)").sum()),
+        "leak label blend weight (near duplicates)": ctx.p.leak_weight,
         "corrected by cluster consistency": int((changes.rule == "cluster").sum()),
         "predictions changed by correction": int((changes.before != changes.after).sum()),
         "mean confidence": float(probs.max(1).mean()),
@@ -330,7 +333,9 @@ def human_summary(summary: dict) -> dict:
         **({"run weights (oof)": weights} if weights else {}),
         "test images": f"{summary['test images']}" + (f" ({summary['filled with prior (unreadable)']} unreadable, given the train prior)"
                                                       if summary["filled with prior (unreadable)"] else ""),
-        "corrections": f"{corrections} test images ({summary['corrected by leak label']} by leak label, "
+        "corrections": f"{corrections} test images ({summary['corrected by leak label']} by leak label: "
+                       f"{summary['leak labels taken as they are (pixel-identical)']} pixel-identical taken as they are, the rest "
+                       f"blended with weight {summary['leak label blend weight (near duplicates)']}; "
                        f"{summary['corrected by cluster consistency']} by cluster); {summary['predictions changed by correction']} "
                        f"predictions changed (predict/corrections.csv)",
         "mean confidence": summary["mean confidence"],
