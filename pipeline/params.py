@@ -31,12 +31,19 @@ class DataParams(Section):
 
 
 class CropParams(Section):
-    enabled: bool  # crop to the dominant object(s) before resizing (object-centred datasets)
+    enabled: bool | str  # crop to the dominant object(s); auto: when a train sample shows small objects in wide margins
     canny_low: int = Field(ge=0, le=255)  # Canny hysteresis thresholds on the 8-bit gray image
     canny_high: int = Field(ge=1, le=255)
     min_area: float = Field(ge=0.0, le=1.0)  # contours whose box is under this fraction of the image are specks
     margin: float = Field(ge=0.0, le=1.0)  # added on every side, as a fraction of the box side
     min_fraction: float = Field(ge=0.0, le=1.0)  # boxes smaller than this fraction of a side: keep the whole image
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _enabled(cls, value):
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError("expected true, false or auto")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -50,10 +57,18 @@ class PreprocessParams(Section):
     size_range: tuple[int, int]  # auto: the train images' median side, rounded up to 32, clipped to [lo, hi]
     resize: Literal["pad", "stretch"]
     channels: Literal["auto", "gray", "rgb"]
-    median_ksize: int = Field(ge=0, le=31)
+    median_ksize: int | str  # kernel side (0 or 1: off); auto: 3 when a train sample shows impulse noise, else off
     crop: CropParams
     max_pixels: int = Field(ge=1)  # larger images are reported and skipped (memory guard per worker)
     workers: int = Field(ge=0)  # 0: all cores
+
+    @field_validator("median_ksize", mode="before")
+    @classmethod
+    def _median(cls, value):
+        # One plain check instead of a Literal union, whose error names each branch of the union.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 31):
+            return value
+        raise ValueError("expected auto or a kernel side from 0 (off) to 31")
 
     @model_validator(mode="after")
     def _sizes(self):
