@@ -158,7 +158,8 @@ class TrainParams(Section):
     cutmix: float = Field(ge=0.0)  # cutmix alpha (0: off)
     mix_prob: float = Field(ge=0.0, le=1.0)  # probability a batch is mixed when mixup or cutmix is on
     mix_off_epochs: int = Field(ge=0)  # no mixing in the last N epochs (clean fine-tune)
-    ema: float = Field(ge=0.0, lt=1.0)  # EMA decay of the weights (0: off); validated and saved when on
+    mix_min_epochs: int = Field(ge=0)  # mixup/cutmix only in runs of at least this many epochs (0: always)
+    ema: float | str  # EMA decay of the weights (0: off); auto: from the run's optimiser steps (stages/train/recipe.py)
     # Imbalance and duplicates.
     loss: Literal["ce", "focal"]
     focal_gamma: float = Field(ge=0.0)
@@ -194,6 +195,13 @@ class TrainParams(Section):
     # Distributed (torchrun): one process per GPU, DDP.
     sync_bn: bool  # SyncBatchNorm across processes (CUDA only; BatchNorm statistics of the global batch)
     dist_timeout: float = Field(gt=0.0)  # seconds a collective waits for the other ranks before the run fails
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _ema(cls, value):
+        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1):
+            return value if value == "auto" else float(value)
+        raise ValueError("expected auto, 0 (off) or a decay in (0, 1)")
 
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "shift", "scale", "crops")

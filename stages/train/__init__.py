@@ -149,7 +149,8 @@ def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, p
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
     plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
-    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", "")})
+    scaled = read_json(partial / "recipe.json") if (partial / "recipe.json").is_file() else None  # stages.train.recipe
+    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), "recipe": scaled})
     replace_dir(partial, paths.out / f"fold{fold}")
 
 

@@ -24,7 +24,7 @@ from pipeline.artifacts import write_csv
 from pipeline.console import console, progress_bar
 from pipeline.params import Params
 from pipeline.errors import StageError
-from stages.train import checkpoint, curriculum, losses, metrics, schedule
+from stages.train import checkpoint, curriculum, losses, metrics, recipe, schedule
 from stages.train import gpu_augment
 from stages.train.data import CacheDataset, EpochSampler, epoch_order, loader, sampling_weights
 from pipeline.device import autocast_dtype, to_input
@@ -76,6 +76,7 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     teacher = torch.as_tensor(part.teacher) if part.teacher is not None else None
     kl_weight = torch.as_tensor(distill.kl_weights(part.kind == "teacher", d.alpha))
     steps_per_epoch = max(1, len(part) // p.batch_size) // p.accumulate or 1
+    p = recipe.apply(p, steps_per_epoch, fold, fold_dir if ddp.is_main() else None)  # knobs scaled to this run's length
     total = p.epochs * steps_per_epoch
     warmup = int(p.warmup_epochs * steps_per_epoch)
     lr = p.lr * (p.batch_size * p.accumulate / p.lr_base_batch if p.lr_base_batch else 1.0)
