@@ -9,7 +9,8 @@ Datasets (Kaggle layout, written once under --data; true test labels kept beside
   canvas        digits scaled to 32 px at a random place on a 64 px canvas with 5% salt-and-pepper noise
 
 Recipes, each the real stages through the runner (preprocess -> dedup -> augment -> train -> predict)
-with -S overrides on params.yaml, at equal model (resnet10t), cache (32 px), fold (0 of 5) and epochs:
+with -S overrides on params.yaml, at equal model (resnet10t), cache (16 px), batch (32), fold (0 of 5)
+and epochs:
   baseline      AdamW, cosine, label smoothing, flip + random-resized-crop; no median, no crop, no
                 mixup/cutmix, no EMA, no drop-path, no erasing, no affine/colour jitter, no TTA
   shipped       params.yaml as shipped
@@ -37,8 +38,8 @@ DATASETS = ("digits", "textures", "canvas", "textures_sp")
 PHOTOS = ("brick", "grass", "gravel", "coffee", "astronaut", "retina", "camera", "chelsea", "rocket", "coins")
 N_TRAIN, N_TEST = 500, 400  # small: the bench machine is 2 shared CPU cores
 
-COMMON = ["preprocess.size=32", "preprocess.workers=1", "train.model=resnet10t", "train.folds=5", "train.fold=0",
-          "train.workers=0", "train.patience=0", "predict.batch_size=512"]
+COMMON = ["preprocess.size=16", "preprocess.workers=1", "train.model=resnet10t", "train.folds=5", "train.fold=0",
+          "train.batch_size=32", "train.workers=0", "train.patience=0", "predict.batch_size=512"]
 BASELINE = ["preprocess.median_ksize=0", "preprocess.crop.enabled=false", "train.mixup=0", "train.cutmix=0", "train.ema=0",
             "train.drop_path=0", "augment.erasing=0", "augment.affine=0", "augment.color_jitter=0", "augment.gamma=0",
             "augment.blur=0", "predict.tta=[identity]"]
@@ -49,6 +50,9 @@ KNOBS = {  # shipped minus one knob; median/crop are filled in from what auto de
     "no_erasing": ["augment.erasing=0"],
     "no_affine_colour": ["augment.affine=0", "augment.color_jitter=0", "augment.gamma=0", "augment.blur=0"],
     "no_dedup_weights": ["train.dedup_weights=false"],
+    # The schedule-scaled knobs forced to what they were before the scaling:
+    "fixed_ema_0.999": ["train.ema=0.999"],
+    "mix_always": ["train.mix_min_epochs=0"],
 }
 
 

@@ -133,6 +133,7 @@ class TrainParams(Section):
     # Folds.
     folds: int = Field(ge=2, le=50)
     fold: int | None = Field(ge=0)  # train only this fold (one job per GPU/node); None: all folds
+    full_fit: bool  # after the folds, one more model on every image for their median best epoch count (no OOF)
     # Optimisation.
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)  # global batch per micro-step, over all torchrun processes (each takes batch_size / world size)

@@ -6,8 +6,8 @@ pseudo-labelled and teacher-taught test images; the fold split rule), schedule (
 local pretrained weights, freezing, param groups), data (dataset, per-epoch sample order, loaders),
 distill (teacher targets), checkpoint, metrics, plots, loop (one fold).
 
-Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png,oof.csv,fold.json}, oof.csv,
-cv.json, confusion.png.
+Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png,oof.csv,fold.json,recipe.json}, oof.csv,
+cv.json, confusion.png; with train.full_fit, full/ (one more model on every image: stages.train.full_fit).
 
 Each fold is its own atomic unit, so `--fold K` jobs can run concurrently in one workdir: a fold trains
 in .partial/fold<k>/ (a killed fold resumes from its last.pt there) and is renamed to fold<k>/ when it
@@ -34,6 +34,7 @@ from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
 from pipeline.runner import finished_folds
+from stages.train import full_fit
 from stages.train.distill import load_teacher
 from stages.train.folds import assign_folds
 from stages.train.rows import RowStack, Rows, concat, extra_rows
@@ -131,10 +132,16 @@ def run(params: Params, paths) -> dict:
             trained.append(fold)
             if world.main:
                 finish_fold(fold, probs, data, train, params, paths)
+        full = "off"
+        if p.full_fit:  # one more model on every image, after the folds (stages.train.full_fit)
+            full = (full_fit.run(data, params, paths.out, paths.out / PARTIAL, getattr(paths, "key", ""), device) if p.fold is None
+                    else "trains when `pipeline train` runs without --fold, after every fold finished")
     if not world.main:
         return {}
     with folder_lock(paths.out):
-        return summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
+        full_fit.prune(paths.out, getattr(paths, "key", ""), p.full_fit)
+        summary = summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
+        return {**summary, "full fit": full}
 
 
 def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, params: Params, paths) -> None:
