@@ -8,6 +8,7 @@ not train, while their originals do): a fit check in metrics.csv, not a score. b
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pipeline.console import console
 from pipeline.params import Params
 from pipeline.runner import finished_folds
 from stages.train import checkpoint
-from stages.train.rows import Rows, concat
+from stages.train.rows import Rows, TrainData, concat
 
 FOLDER = "full"  # beside fold<k>/; not a fold folder, so nothing reads it as one
 RECORD = "full.json"
@@ -51,7 +52,7 @@ def full_rows(rows: Rows, monitor_fold: int, seed: int) -> Rows:
     return concat([every, monitor])
 
 
-def run(data: dict, params: Params, out: Path, partial: Path, key: str, device) -> str:
+def run(data: TrainData, params: Params, out: Path, partial: Path, key: str, device, path: str) -> str:
     """Train (or keep) full/ once every fold of this recipe has finished; returns a line for the summary."""
     from stages.train.loop import train_fold
 
@@ -69,7 +70,7 @@ def run(data: dict, params: Params, out: Path, partial: Path, key: str, device) 
         console.print(f"full fit: every training image for {count} epochs (median best epoch of folds {epochs}); "
                       f"logged below as fold {monitor_fold}, validated on training images (a fit check)")
     full = params.model_copy(update={"train": p.model_copy(update={"epochs": count, "patience": 0, "fold": None})})
-    train_fold(monitor_fold, {**data, "rows": full_rows(data["rows"], monitor_fold, params.seed)}, full, partial, device)
+    train_fold(monitor_fold, dataclasses.replace(data, rows=full_rows(data.rows, monitor_fold, params.seed)), full, partial, device, path)
     if ddp.is_main():
         folder = partial / f"fold{monitor_fold}"
         last = checkpoint.load(folder / "last.pt")
