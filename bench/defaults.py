@@ -18,7 +18,7 @@ and epochs:
   with_<knob>   median / crop forced on where auto left them off (no_median / no_crop where it chose them)
 Score: accuracy of predict/submission.csv on the held-out test labels (plus the fold's validation).
 
-    .venv/bin/python bench/defaults.py --epochs 10 30 --out bench/defaults_results.jsonl   # appends rows
+    .venv/bin/python bench/defaults.py --epochs 10 20 --out bench/defaults_results.jsonl   # appends rows
     .venv/bin/python bench/defaults.py --table bench/defaults_results.jsonl                # markdown table
 """
 
@@ -226,7 +226,8 @@ def table(path: Path, tag: str | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 30])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 20])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 threads on a shared 2-core CPU ran 16x slower than 1)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--only", nargs="+", help="run only these recipes (e.g. baseline shipped)")
     parser.add_argument("--tag", default="", help="label rows (e.g. the code version); reruns skip rows with the same tag")
@@ -238,6 +239,9 @@ def main() -> None:
     if args.table:
         print(table(Path(args.table), args.tag if args.tag else None))
         return
+    import torch
+
+    torch.set_num_threads(args.threads)
     bench(args)
 
 
