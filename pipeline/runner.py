@@ -182,8 +182,11 @@ def stage_status(stage: Stage, params: Params, workdir: Path, stale_upstream: se
     if current != set(lock["outs"]):
         return "stale", "outputs added or removed since the run"
     for rel, rec in lock["outs"].items():
-        st = (workdir / stage.name / rel).stat()
-        if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]):
+        path = workdir / stage.name / rel
+        st = path.stat()
+        # Size and mtime first (cheap); when they differ the content decides, so a `touch` or a copy that
+        # kept the bytes leaves the stage fresh, and only a real edit makes it stale.
+        if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]) and (st.st_size != rec["size"] or hash_file(path) != rec["hash"]):
             return "stale", f"output {rel} modified since the run"
     missing = _missing_folds(stage, params, lock)
     if missing:

@@ -37,7 +37,7 @@ def test_augment_outputs_and_expansion_feed_train(tmp_path):
     train_out = tmp_path / "train"
     train_out.mkdir()
     summary = train_stage.run(params, StagePaths(out=train_out, inputs={**inputs, "augment": out}))
-    assert summary["folds trained"] == 1
+    assert len(summary["trained in this run"]) == 1
     oof = pd.read_csv(train_out / "oof.csv", dtype={"id": str})
     assert not oof.id.str.contains("#aug").any()  # copies never validate
 

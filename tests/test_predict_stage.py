@@ -86,6 +86,7 @@ def test_extra_runs_with_oof_weights(trained, tmp_path):  # noqa: F811
     favour the good run."""
     other = tmp_path / "other" / "train"
     shutil.copytree(trained / "train", other)
+    shutil.copytree(trained / "preprocess", other.parent / "preprocess")  # a complete workdir, same cache
     oof = pd.read_csv(other / "oof.csv", dtype={"id": str, "label": str})
     cols = [c for c in oof.columns if c.startswith("p_")]
     wrong = (oof.label.map({c[2:]: k for k, c in enumerate(cols)}).to_numpy() + 1) % len(cols)  # confidently wrong
@@ -103,6 +104,23 @@ def test_extra_runs_with_oof_weights(trained, tmp_path):  # noqa: F811
     assert stage_status(BY_NAME["predict"], params, workdir)[0] == "fresh"
     oof.to_csv(other / "oof.csv", index=False, float_format="%.5f")
     assert stage_status(BY_NAME["predict"], params, workdir) == ("stale", f"input run:{other} changed")
+
+
+def test_extra_run_on_another_cache_is_refused_by_name(trained, tmp_path):  # noqa: F811
+    other = tmp_path / "other"
+    shutil.copytree(trained / "train", other / "train")
+    report = json.loads((trained / "preprocess" / "report.json").read_text())
+    (other / "preprocess").mkdir()
+    (other / "preprocess" / "report.json").write_text(json.dumps({**report, "size": [48, 48], "channels": "rgb"}))
+    workdir = tmp_path / "w"
+    for name in ("preprocess", "dedup", "train"):
+        shutil.copytree(trained / name, workdir / name)
+    result = cli(workdir, f"predict.runs=[{other / 'train'}]")
+    assert result.exit_code == 2 and not (workdir / "predict").exists()
+    assert f"predict.runs: {other / 'train'} was trained on a different cache: size [48, 48] (this workdir: {report['size']}); " \
+           f"channels rgb (this workdir: {report['channels']})" in " ".join(result.output.split())
+    shutil.rmtree(other / "preprocess")
+    assert "has no" in cli(workdir, f"predict.runs=[{other / 'train'}]").output
 
 
 def test_bad_sample_column_fails_with_one_line(trained, tmp_path):  # noqa: F811

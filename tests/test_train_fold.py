@@ -121,7 +121,7 @@ def test_missing_pretrained_file_is_a_clear_error(inputs, tmp_path):
 def test_pretrained_from_our_checkpoint_loads(inputs, tmp_path):
     run(inputs, tmp_path / "first", ["train.fold=0", "train.epochs=1"])
     summary, _ = run(inputs, tmp_path / "second", ["train.fold=0", "train.epochs=1", f"train.pretrained={tmp_path / 'first' / 'fold0' / 'best.pt'}"])
-    assert summary["folds trained"] == 1
+    assert len(summary["trained in this run"]) == 1
 
 
 @pytest.mark.parametrize("score", ["probe", "contrast"])
@@ -151,5 +151,5 @@ def test_a_finished_fold_is_kept_when_the_other_folds_train(inputs, tmp_path):
     first = (tmp_path / "fold1" / "best.pt").stat().st_mtime_ns
     summary, _ = run(inputs, tmp_path, [])
     assert (tmp_path / "fold1" / "best.pt").stat().st_mtime_ns == first  # not retrained
-    assert summary["folds trained"] == 2 and summary["folds missing"] == "none"
+    assert summary["trained in this run"] == ["fold 0", "fold 2"] and summary["missing folds"] == "none"
     assert sorted(pd.read_csv(tmp_path / "oof.csv").fold.unique()) == [0, 1, 2]
