@@ -33,6 +33,7 @@ def add_test_split(inputs: dict, n: int = 6) -> None:
     extra = pd.DataFrame({"id": ids, "split": "test", "cluster": [f"c{i}" for i in ids], "is_representative": True, "weight": 1.0})
     pd.concat([clusters, extra]).to_csv(dedup / "clusters.csv", index=False)
     (dedup / "report.json").write_text(json.dumps({"train_test_leaks": []}))
+    (pre / "report.json").write_text(json.dumps({"size": list(train.shape[1:3]), "channels": int(train.shape[3]), "crop": False, "median_ksize": 0}))
 
 
 def test_full_fit_trains_on_every_image_for_the_median_best_epoch(tmp_path, monkeypatch):
