@@ -160,7 +160,7 @@ def recipes(decided: dict, only: list[str] | None) -> dict[str, list[str]]:
     found = {"baseline": BASELINE, "shipped": [], "no_tta": ["predict.tta=[identity]"],
              ("no_median" if decided["median_ksize"] else "with_median"): [flip_median],
              ("no_crop" if decided["crop"] else "with_crop"): [flip_crop], **KNOBS}
-    return {k: v for k, v in found.items() if not only or k in only}
+    return {k: found[k] for k in only if k in found} if only else found  # in the order asked
 
 
 def bench(args) -> None:
@@ -212,15 +212,16 @@ def table(path: Path, tag: str | None) -> str:
         pivot = pivot[[d for d in DATASETS if d in pivot.columns]]
         order = ["baseline", "shipped"] + sorted(i for i in pivot.index if i not in ("baseline", "shipped"))
         pivot = pivot.reindex([i for i in order if i in pivot.index])
-        lines += [f"\n**{epochs} epochs** (test accuracy; in brackets: difference from shipped)\n",
-                  "| recipe | " + " | ".join(pivot.columns) + " |", "|---|" + "---:|" * len(pivot.columns)]
+        lines += [f"\n**{epochs} epochs** (test accuracy; in brackets: difference from shipped; mean: of those differences)\n",
+                  "| recipe | " + " | ".join(pivot.columns) + " | mean |", "|---|" + "---:|" * (len(pivot.columns) + 1)]
+        shipped = pivot.loc["shipped"] if "shipped" in pivot.index else None
         for recipe, values in pivot.iterrows():
-            shipped = pivot.loc["shipped"] if "shipped" in pivot.index else None
-            cells = []
+            cells, deltas = [], []
             for dataset, v in values.items():
-                delta = "" if shipped is None or recipe == "shipped" or pd.isna(v) else f" ({v - shipped[dataset]:+.3f})"
-                cells.append("" if pd.isna(v) else f"{v:.3f}{delta}")
-            lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+                delta = None if shipped is None or recipe == "shipped" or pd.isna(v) or pd.isna(shipped[dataset]) else v - shipped[dataset]
+                deltas += [] if delta is None else [delta]
+                cells.append("" if pd.isna(v) else f"{v:.3f}" + ("" if delta is None else f" ({delta:+.3f})"))
+            lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {np.mean(deltas):+.3f} |" if deltas else f"| {recipe} | " + " | ".join(cells) + " | |")
     return "\n".join(lines)
 
 
