@@ -49,6 +49,8 @@ KNOBS = {  # shipped minus one knob; median/crop are filled in from what auto de
     "no_drop_path": ["train.drop_path=0"],
     "no_erasing": ["augment.erasing=0"],
     "no_affine_colour": ["augment.affine=0", "augment.color_jitter=0", "augment.gamma=0", "augment.blur=0"],
+    "no_affine": ["augment.affine=0"],
+    "no_colour": ["augment.color_jitter=0", "augment.gamma=0", "augment.blur=0"],
     "no_dedup_weights": ["train.dedup_weights=false"],
     # The schedule-scaled knobs forced to what they were before the scaling:
     "fixed_ema_0.999": ["train.ema=0.999"],
@@ -203,14 +205,19 @@ def probe_decisions(data: Path) -> dict:
 
 def table(path: Path, tag: str | None) -> str:
     rows = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
-    if tag is not None:
-        rows = rows[rows.tag.fillna("") == tag]
+    rows["tag"] = rows.tag.fillna("")
+    if tag is not None:  # the untagged ablation, plus the tagged rows (e.g. the final defaults) as rows of their own
+        rows["recipe_name"] = np.where(rows.tag == tag, rows.recipe_name + f" [{tag}]", rows.recipe_name)
+        rows = rows[rows.tag.isin(["", tag])]
+    else:
+        rows = rows[rows.tag == ""]
     rows = rows.drop_duplicates(["dataset", "epochs", "recipe_name"], keep="last")
     lines = []
     for epochs, group in rows.groupby("epochs"):
         pivot = group.pivot(index="recipe_name", columns="dataset", values="test_accuracy")
         pivot = pivot[[d for d in DATASETS if d in pivot.columns]]
-        order = ["baseline", "shipped"] + sorted(i for i in pivot.index if i not in ("baseline", "shipped"))
+        first = ["baseline", "shipped"] + sorted(i for i in pivot.index if i.endswith("]"))
+        order = first + sorted(i for i in pivot.index if i not in first)
         pivot = pivot.reindex([i for i in order if i in pivot.index])
         lines += [f"\n**{epochs} epochs** (test accuracy; in brackets: difference from shipped; mean: of those differences)\n",
                   "| recipe | " + " | ".join(pivot.columns) + " | mean |", "|---|" + "---:|" * (len(pivot.columns) + 1)]
