@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import atomic_path, read_json, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_index
+from pipeline.artifacts import atomic_path, write_csv, write_json
+from pipeline.cache import read_arrays, read_cache_report, read_classes, read_index
 from pipeline.console import track
 from pipeline.params import AugmentParams, Params, ParamsError
 from pipeline.plots import plt, save_figure
@@ -130,7 +130,7 @@ def preview(transform: A.Compose, array, train: pd.DataFrame, classes: list[str]
 def run(params: Params, paths) -> dict:
     p = params.augment
     pre = paths["preprocess"]
-    report = read_json(pre / "report.json")
+    report = read_cache_report(pre)  # the train side: augment depends on the training data only
     height, width = report["size"]
     transform = build(p, height, width)
     with atomic_path(paths.out / "transform.json") as tmp:
@@ -140,9 +140,9 @@ def run(params: Params, paths) -> dict:
     apply(loaded, np.zeros((height, width, report["channels"]), np.uint8))
     write_json(paths.out / "gpu_augment.json", gpu_recipe(p))
 
-    index, classes = read_index(pre), read_classes(pre)
+    index, classes = read_index(pre, ("train",)), read_classes(pre)
     train = index[index.split == "train"].reset_index(drop=True)
-    array = read_arrays(pre)["train"]
+    array = read_arrays(pre, ("train",))["train"]
     result = {"transforms": len(transform.transforms), "size": f"{height}x{width}"}
     if len(train):
         preview(transform, array, train, classes, p.preview, paths.out / "preview.png", params.seed)

@@ -24,13 +24,13 @@ import pandas as pd
 import torch
 
 from pipeline.artifacts import read_json, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_sample
 from pipeline.console import console, track
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.params import TTA_VIEWS, Params
 from pipeline.errors import StageError
 from stages.predict.compatible import check_runs
-from stages.predict.correction import correct
+from stages.predict.correction import correct, exact_leak_ids
 from pipeline.blend import fit_weights, log_loss
 from stages.predict.ensemble import Member, find_members, load_model, predict_views, read_oof
 from stages.predict.plots import plot_predictions
@@ -223,8 +223,9 @@ def run(params: Params, paths) -> dict:
     tta = pick_tta(ctx, paths.out)
     probs, ids = predict_test(ctx, tta.views)
     probs, ids, unread = fill_unread(ctx, paths["preprocess"], probs, ids)
+    exact = exact_leak_ids(read_json(paths["dedup"] / "report.json"))
     probs, changes = correct(probs, ids, read_clusters(paths["dedup"]), ctx.train_labels, ctx.classes, ctx.p.leak_label,
-                             ctx.p.consistent_clusters)
+                             ctx.p.consistent_clusters, ctx.p.leak_weight, exact)
     write_csv(paths.out / "corrections.csv", changes)
     probs, submission = write_outputs(ctx, paths, probs, ids)
     summary = summarize(ctx, paths, weights, oof, tta, submission, probs, unread, changes)
@@ -261,7 +262,7 @@ def pick_tta(ctx: Context, out: Path) -> TtaChoice:
 
 def fill_unread(ctx: Context, pre: Path, probs: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
     """Test images preprocess could not read still need a row: they get the training prior."""
-    sample = pd.read_csv(pre / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sample = read_sample(pre)
     predicted = set(ids)
     unread = [i for i in sample[sample.columns[0]] if i not in predicted]
     if unread:
@@ -272,7 +273,7 @@ def fill_unread(ctx: Context, pre: Path, probs: np.ndarray, ids: list[str]) -> t
 
 def write_outputs(ctx: Context, paths, probs: np.ndarray, ids: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
     """probs.csv and submission.csv, both in the sample's id order; the submission validated on disk."""
-    sample = pd.read_csv(paths["preprocess"] / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sample = read_sample(paths["preprocess"])
     order = {i: k for k, i in enumerate(ids)}
     ids = sample[sample.columns[0]].tolist()
     probs = probs[[order[i] for i in ids]]
@@ -305,11 +306,39 @@ def summarize(ctx: Context, paths, weights: dict, oof: dict, tta: TtaChoice, sub
         "test images": len(submission),
         "filled with prior (unreadable)": len(unread),
         "train-test leaks (dedup report)": len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", [])),
-        "corrected by leak label": int((changes.rule == "leak").sum()),
+        "corrected by leak label": int(changes.rule.str.startswith("leak").sum()),
+        "leak labels taken as they are (pixel-identical)": int((changes.rule == "leak (exact)").sum()),
+        "leak label blend weight (near duplicates)": ctx.p.leak_weight,
         "corrected by cluster consistency": int((changes.rule == "cluster").sum()),
         "predictions changed by correction": int((changes.before != changes.after).sum()),
         "mean confidence": float(probs.max(1).mean()),
         "predicted classes": predicted.value_counts().head(10).to_dict(),
     }
     write_json(paths.out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
-    return summary
+    return human_summary(summary)
+
+
+def human_summary(summary: dict) -> dict:
+    """The one-screen version of summary.json: the ensemble's OOF score (the CV to quote) first, then how
+    TTA and the ensemble were chosen, then what happened to the test set; related numbers on one line."""
+    corrections = summary["corrected by leak label"] + summary["corrected by cluster consistency"]
+    weights = {k.removeprefix("weight "): v for k, v in summary.items() if k.startswith("weight ")}
+    return {
+        "oof accuracy (ensemble + TTA)": f"{summary['oof accuracy with TTA']:.4f} ({summary['oof TTA gain']:+.4f} from TTA, "
+                                         f"on {summary['oof images measured']} images)",
+        "oof log loss without/with TTA": summary["oof log loss without/with TTA"],
+        "tta": f"{summary['tta views']}, chosen by {summary['tta chosen by']}",
+        "members": f"{summary['members']} fold models from {summary['runs']} run(s)"
+                   + (f"; missing: {', '.join(summary['missing folds'])}" if summary["missing folds"] else ""),
+        **({"run weights (oof)": weights} if weights else {}),
+        "test images": f"{summary['test images']}" + (f" ({summary['filled with prior (unreadable)']} unreadable, given the train prior)"
+                                                      if summary["filled with prior (unreadable)"] else ""),
+        "corrections": f"{corrections} test images ({summary['corrected by leak label']} by leak label: "
+                       f"{summary['leak labels taken as they are (pixel-identical)']} pixel-identical taken as they are, the rest "
+                       f"blended with weight {summary['leak label blend weight (near duplicates)']}; "
+                       f"{summary['corrected by cluster consistency']} by cluster); {summary['predictions changed by correction']} "
+                       f"predictions changed (predict/corrections.csv)",
+        "mean confidence": summary["mean confidence"],
+        "predicted classes (top 10)": summary["predicted classes"],
+        "written": "submission.csv, probs.csv, summary.json (every number), predictions.png",
+    }

@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import distributed as ddp
-from pipeline.artifacts import read_json, replace_dir, write_json
+from pipeline.artifacts import finished_folds, read_json, replace_dir, write_json
 from pipeline.console import console
 from pipeline.params import Params
-from pipeline.runner import finished_folds
 from stages.train import checkpoint
 from stages.train.rows import Rows, TrainData, concat
 
