@@ -31,12 +31,19 @@ class DataParams(Section):
 
 
 class CropParams(Section):
-    enabled: bool  # crop to the dominant object(s) before resizing (object-centred datasets)
+    enabled: bool | str  # crop to the dominant object(s); auto: when a train sample shows small objects in wide margins
     canny_low: int = Field(ge=0, le=255)  # Canny hysteresis thresholds on the 8-bit gray image
     canny_high: int = Field(ge=1, le=255)
     min_area: float = Field(ge=0.0, le=1.0)  # contours whose box is under this fraction of the image are specks
     margin: float = Field(ge=0.0, le=1.0)  # added on every side, as a fraction of the box side
     min_fraction: float = Field(ge=0.0, le=1.0)  # boxes smaller than this fraction of a side: keep the whole image
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _enabled(cls, value):
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError("expected true, false or auto")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -50,10 +57,18 @@ class PreprocessParams(Section):
     size_range: tuple[int, int]  # auto: the train images' median side, rounded up to 32, clipped to [lo, hi]
     resize: Literal["pad", "stretch"]
     channels: Literal["auto", "gray", "rgb"]
-    median_ksize: int = Field(ge=0, le=31)
+    median_ksize: int | str  # kernel side (0 or 1: off); auto: 3 when a train sample shows impulse noise, else off
     crop: CropParams
     max_pixels: int = Field(ge=1)  # larger images are reported and skipped (memory guard per worker)
     workers: int = Field(ge=0)  # 0: all cores
+
+    @field_validator("median_ksize", mode="before")
+    @classmethod
+    def _median(cls, value):
+        # One plain check instead of a Literal union, whose error names each branch of the union.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 31):
+            return value
+        raise ValueError("expected auto or a kernel side from 0 (off) to 31")
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -119,6 +134,7 @@ class TrainParams(Section):
     # Folds.
     folds: int = Field(ge=2, le=50)
     fold: int | None = Field(ge=0)  # train only this fold (one job per GPU/node); None: all folds
+    full_fit: bool  # after the folds, one more model on every image for their median best epoch count (no OOF)
     # Optimisation.
     epochs: int = Field(ge=1)
     batch_size: int | Literal["auto"] = Field(description="global batch per micro-step, or auto (probe the device)")
@@ -147,7 +163,8 @@ class TrainParams(Section):
     mix_prob: float = Field(ge=0.0, le=1.0)  # probability a batch is mixed when mixup or cutmix is on
     mix_switch: float = Field(ge=0.0, le=1.0)  # with both on: probability a mixed batch uses cutmix rather than mixup
     mix_off_epochs: int = Field(ge=0)  # no mixing in the last N epochs (clean fine-tune)
-    ema: float = Field(ge=0.0, lt=1.0)  # EMA decay per optimiser step (0: off); validated and saved when on
+    mix_min_epochs: int = Field(ge=0)  # mixup/cutmix only in runs of at least this many epochs (0: always)
+    ema: float | str  # EMA decay per optimiser step (0: off); auto: from the run's optimiser steps (stages/train/recipe.py)
     ema_warmup: bool  # timm's warmup: decay = min(ema, 1 - (1 + step)^(-2/3)), so early weights fade fast
     ema_every: int = Field(ge=1)  # update the EMA every N steps with decay ema^N (same averaging horizon)
     # Imbalance and duplicates.
@@ -190,6 +207,13 @@ class TrainParams(Section):
     dist_timeout: float = Field(gt=0.0)  # seconds a collective waits for the other ranks before the run fails
     # Logs.
     tensorboard: bool  # TensorBoard event files per fold (needs the optional tensorboard package)
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _ema(cls, value):
+        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1):
+            return value if value == "auto" else float(value)
+        raise ValueError("expected auto, 0 (off) or a decay in (0, 1)")
 
     @field_validator("batch_size", "checkpoint_every")
     @classmethod

@@ -6,8 +6,8 @@ pseudo-labelled and teacher-taught test images; the fold split rule), schedule (
 local pretrained weights, freezing, param groups), data (dataset, per-epoch sample order, loaders),
 distill (teacher targets), checkpoint, metrics, plots, loop (one fold).
 
-Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png,oof.csv,fold.json}, oof.csv,
-cv.json, confusion.png.
+Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png,oof.csv,fold.json,recipe.json}, oof.csv,
+cv.json, confusion.png; with train.full_fit, full/ (one more model on every image: stages.train.full_fit).
 
 Each fold is its own atomic unit, so `--fold K` jobs can run concurrently in one workdir: a fold trains
 in .partial/fold<k>/ (a killed fold resumes from its last.pt there) and is renamed to fold<k>/ when it
@@ -34,6 +34,7 @@ from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
 from pipeline.weights import Weights, resolve_weights, weights_norm
+from stages.train import full_fit
 from stages.train import tensorboard
 from stages.train.data import data_workers, usable_cores
 from stages.train.distill import load_teacher
@@ -155,12 +156,17 @@ def run(params: Params, paths) -> dict:
             trained.append(fold)
             if world.main:
                 finish_fold(fold, probs, data, train, params, paths, {"data_path": path, "batch_size": p.batch_size})
+        full = "off"
+        if p.full_fit:  # one more model on every image, after the folds (stages.train.full_fit)
+            full = (full_fit.run(data, params, paths.out, paths.out / PARTIAL, getattr(paths, "key", ""), device, path) if p.fold is None
+                    else "trains when `pipeline train` runs without --fold, after every fold finished")
     if not world.main:
         return {}
     remove_if_empty(paths.out / PARTIAL)
     with folder_lock(paths.out):
+        full_fit.prune(paths.out, getattr(paths, "key", ""), p.full_fit)
         result = summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
-    return {**result, "data path": f"{path} ({why})", "batch size": p.batch_size}
+    return {**result, "data path": f"{path} ({why})", "batch size": p.batch_size, "full fit": full}
 
 
 def remove_if_empty(folder) -> None:
@@ -221,8 +227,9 @@ def finish_fold(fold: int, probs: np.ndarray, data: TrainData, train: pd.DataFra
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
     plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
+    scaled = read_json(partial / "recipe.json") if (partial / "recipe.json").is_file() else None  # stages.train.recipe
     write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), **how,  # how: data path, batch size
-                                       "weights": data.weights})
+                                       "weights": data.weights, "recipe": scaled})
     replace_dir(partial, paths.out / f"fold{fold}")
 
 

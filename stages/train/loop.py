@@ -32,7 +32,7 @@ from pipeline.console import EpochReporter, EpochResult, RunClock, console, repo
 from pipeline.device import autocast_dtype
 from pipeline.errors import StageError
 from pipeline.params import Params
-from stages.train import checkpoint, curriculum, distill, losses, metrics, plots, schedule
+from stages.train import checkpoint, curriculum, distill, losses, metrics, plots, recipe, schedule
 from stages.train.batch_size import scaled_lr
 from stages.train.data import CacheDataset, LoaderBatches, data_workers, epoch_order, sampling_weights
 from stages.train.ema import Ema
@@ -178,6 +178,7 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
         console.print(f"fold {fold_index}: training on {part.describe()} rows, validating on {len(val_idx)} labelled images")
     batch_size = ddp.local_batch(p.batch_size)  # this rank's share of the global batch
     steps_per_epoch = max(1, len(part) // p.batch_size) // p.accumulate or 1
+    p = recipe.apply(p, steps_per_epoch, fold_index, fold_dir if ddp.is_main() else None)  # knobs scaled to this run's length
     drop_last = len(part) >= p.batch_size
     val_rows = data.rows.rows[val_idx]
     if path == "device":
