@@ -16,15 +16,17 @@ from __future__ import annotations
 import importlib
 import shutil
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pipeline import __version__, distributed
 from pipeline.artifacts import fingerprint, folder_lock, hash_data, hash_file, list_files, read_json, staged_dir, write_json, write_yaml
 from pipeline.console import console, summary
 from pipeline.errors import StageError
+from pipeline.locking import fold_locks, workdir_lock
 from pipeline.params import Params, section
 
 LOCK = "lock.json"
@@ -140,10 +142,7 @@ def finished_folds(folder: Path, key: str | None = None) -> list[int]:
 
 
 def _missing_folds(stage: Stage, params: Params, lock: dict) -> list[int]:
-    if not stage.per_fold:
-        return []
-    wanted = range(params.train.folds) if params.train.fold is None else [params.train.fold]
-    return [k for k in wanted if k not in lock.get("folds", [])]
+    return [k for k in wanted_folds(stage, params) if k not in lock.get("folds", [])]
 
 
 def _outs(folder: Path) -> dict[str, dict]:
@@ -201,7 +200,32 @@ def statuses(params: Params, workdir: Path) -> list[tuple[str, str, str]]:
     return rows
 
 
+def wanted_folds(stage: Stage, params: Params) -> list[int]:
+    if not stage.per_fold:
+        return []
+    return list(range(params.train.folds)) if params.train.fold is None else [params.train.fold]
+
+
+@contextmanager
+def writer_locks(stage: Stage, params: Params, workdir: Path) -> Iterator[None]:
+    """One writer per workdir (pipeline.locking): train holds the workdir shared and its folds
+    exclusively, so fold jobs run side by side; every other stage holds the workdir alone. Under
+    torchrun rank 0 holds the locks for its job."""
+    if not distributed.from_env().main:
+        yield
+        return
+    with workdir_lock(workdir, shared=stage.per_fold):
+        with fold_locks(workdir / stage.name, wanted_folds(stage, params)) if stage.per_fold else nullcontext():
+            yield
+
+
 def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False) -> dict:
+    """Run one stage under the workdir's writer lock (see writer_locks and _run_locked)."""
+    with writer_locks(stage, params, workdir):
+        return _run_locked(stage, params, workdir, force)
+
+
+def _run_locked(stage: Stage, params: Params, workdir: Path, force: bool = False) -> dict:
     """Run one stage into a temporary folder (per-fold stages: in place, fold by fold), record its lock,
     then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank."""
     for dep in stage.deps:
@@ -263,6 +287,11 @@ def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
     if distributed.from_env().size > 1:
         raise StageError("`pipeline run` is single-process: under torchrun launch `pipeline train`, then run "
                          "`pipeline run` or `pipeline predict` without torchrun (docs/distributed.md)")
+    with workdir_lock(workdir):
+        return _run_all_locked(params, workdir, force)
+
+
+def _run_all_locked(params: Params, workdir: Path, force: bool) -> list[str]:
     ran = []
     for stage in stages_for(params):
         # Upstream stages already ran, so their new locks decide (an identical output reruns nothing).
