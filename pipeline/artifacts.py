@@ -129,6 +129,40 @@ def list_files(root: Path) -> list[Path]:
     return files
 
 
+def file_records(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Size, mtime and content hash of every file below folder (relative names): what a lock records so
+    that a later reader can tell an intact output from a damaged one (changed_files)."""
+    folder = Path(folder)
+    records = {}
+    for path in list_files(folder):
+        rel = path.relative_to(folder).as_posix()
+        if rel in skip:
+            continue
+        st = path.stat()
+        records[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": hash_file(path)}
+    return records
+
+
+def changed_files(folder: Path, records: dict[str, dict]) -> dict[str, str]:
+    """The recorded files that are no longer what was written: {name: "missing" | "modified"}.
+    Cheap first (size and mtime); a file whose mtime alone moved (a copy, a touch) is hashed, and kept
+    when its content is unchanged."""
+    folder = Path(folder)
+    changed = {}
+    for rel, rec in records.items():
+        path = folder / rel
+        try:
+            st = path.stat()
+        except OSError:
+            changed[rel] = "missing"
+            continue
+        if st.st_size != rec["size"]:
+            changed[rel] = "modified"
+        elif st.st_mtime_ns != rec["mtime_ns"] and hash_file(path) != rec["hash"]:
+            changed[rel] = "modified"
+    return changed
+
+
 def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = ()) -> str:
     """Fingerprint of a file tree: relative names with sizes and mtimes, or with content hashes."""
     root = Path(root)

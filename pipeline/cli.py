@@ -61,7 +61,6 @@ def _stage_command(name: str, doc: str):
 app.command("preprocess")(_stage_command("preprocess", "Decode, denoise, crop and resize every image once into a cache."))
 app.command("dedup")(_stage_command("dedup", "Find exact and near-duplicate images, cluster them, weight them, report leaks."))
 app.command("augment")(_stage_command("augment", "Build the augmentation pipeline from params and preview it."))
-app.command("predict")(_stage_command("predict", "Fold ensemble x TTA on the test set; write submission.csv."))
 app.command("pseudo")(_stage_command("pseudo", "Turn confident test predictions into extra training rows."))
 
 
@@ -76,6 +75,18 @@ def train(
     overrides = list(set_ or []) + ([f"train.fold={fold}"] if fold is not None else [])
     p, wd = _load(params, workdir, overrides)
     _guard(lambda: run_stage(BY_NAME["train"], p, wd))
+
+
+@app.command()
+def predict(
+    params: ParamsOpt = Path("params.yaml"),
+    workdir: WorkdirOpt = None,
+    set_: SetOpt = None,
+    use_existing: Annotated[bool, typer.Option("--use-existing", help="ensemble the folds there even when train is stale or a fold is of another recipe")] = False,
+) -> None:
+    """Fold ensemble x TTA on the test set; write submission.csv."""
+    p, wd = _load(params, workdir, set_)
+    _guard(lambda: run_stage(BY_NAME["predict"], p, wd, use_existing=use_existing))
 
 
 @app.command()

@@ -22,10 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline import __version__, distributed
-from pipeline.artifacts import fingerprint, folder_lock, hash_data, hash_file, list_files, read_json, staged_dir, write_json, write_yaml
+from pipeline import __version__, checks, distributed
+from pipeline.artifacts import changed_files, file_records, fingerprint, folder_lock, hash_data, list_files, read_json, staged_dir, write_json, write_yaml
 from pipeline.console import console, summary
-from pipeline.errors import StageError
+from pipeline.checks import dataset_from_cache
+from pipeline.data import discover
+from pipeline.errors import CheckError, StageError
 from pipeline.locking import fold_locks, workdir_lock
 from pipeline.params import Params, section
 
@@ -134,11 +136,41 @@ def _params_of(stage: Stage, params: Params) -> dict[str, Any]:
     return out
 
 
+FOLD_META = "fold.json"
+
+
+def fold_damage(fold_dir: Path) -> str | None:
+    """Why a finished fold<k>/ is no longer what was written (its fold.json records its files), or None."""
+    try:
+        meta = read_json(fold_dir / FOLD_META)
+    except (OSError, ValueError):
+        return f"{FOLD_META} unreadable"
+    changed = changed_files(fold_dir, meta.get("files", {}))  # folds of older versions recorded no files
+    if changed:
+        name, how = next(iter(changed.items()))
+        return f"{name} {'deleted' if how == 'missing' else 'modified'} since it finished"
+    return None
+
+
+def fold_key(fold_dir: Path) -> str | None:
+    try:
+        return read_json(fold_dir / FOLD_META)["key"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def finished_folds(folder: Path, key: str | None = None) -> list[int]:
-    """The fold<k>/ folders a per-fold stage finished (fold.json is written last, before the rename);
-    with `key`, only those trained with that params-and-inputs key."""
-    found = [d for d in Path(folder).glob("fold*/fold.json") if d.parent.name[4:].isdigit()]
-    return sorted(int(d.parent.name[4:]) for d in found if key is None or read_json(d)["key"] == key)
+    """The intact fold<k>/ folders a per-fold stage finished (fold.json is written last, before the
+    rename); with `key`, only those trained with that params-and-inputs key. A damaged fold (a file
+    deleted or changed since it finished) is not finished: it is trained again, never kept."""
+    found = [d for d in Path(folder).glob(f"fold*/{FOLD_META}") if d.parent.name[4:].isdigit()]
+    return sorted(int(d.parent.name[4:]) for d in found
+                  if fold_damage(d.parent) is None and (key is None or fold_key(d.parent) == key))
+
+
+def damaged_folds(folder: Path) -> dict[int, str]:
+    found = [d.parent for d in Path(folder).glob(f"fold*/{FOLD_META}") if d.parent.name[4:].isdigit()]
+    return {int(d.name[4:]): why for d in found if (why := fold_damage(d))}
 
 
 def _missing_folds(stage: Stage, params: Params, lock: dict) -> list[int]:
@@ -146,14 +178,19 @@ def _missing_folds(stage: Stage, params: Params, lock: dict) -> list[int]:
 
 
 def _outs(folder: Path) -> dict[str, dict]:
-    outs = {}
-    for path in list_files(folder):
-        rel = path.relative_to(folder).as_posix()
-        if rel == LOCK:
-            continue
-        st = path.stat()
-        outs[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": hash_file(path)}
-    return outs
+    return file_records(folder, skip=(LOCK,))
+
+
+def damaged_outputs(folder: Path, lock: dict) -> str | None:
+    """Why a stage's recorded outputs are not what it wrote (a file added, deleted or changed), or None."""
+    current = {p.relative_to(folder).as_posix() for p in list_files(folder)} - {LOCK}
+    removed, added = sorted(set(lock["outs"]) - current), sorted(current - set(lock["outs"]))
+    if removed:
+        return f"output {removed[0]} deleted since the run" + (f" (and {len(removed) - 1} more)" if len(removed) > 1 else "")
+    if added:
+        return f"output {added[0]} added since the run"
+    changed = changed_files(folder, lock["outs"])
+    return f"output {next(iter(changed))} modified since the run" if changed else None
 
 
 def _changed_keys(old: Any, new: Any, prefix: str) -> list[str]:
@@ -177,13 +214,9 @@ def stage_status(stage: Stage, params: Params, workdir: Path, stale_upstream: se
             return "stale", f"upstream {dep} is stale"
         if lock["deps"].get(dep) != _dep_fingerprint(stage, params, workdir, dep):
             return "stale", f"input {dep} changed"
-    current = {p.relative_to(workdir / stage.name).as_posix() for p in list_files(workdir / stage.name)} - {LOCK}
-    if current != set(lock["outs"]):
-        return "stale", "outputs added or removed since the run"
-    for rel, rec in lock["outs"].items():
-        st = (workdir / stage.name / rel).stat()
-        if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]):
-            return "stale", f"output {rel} modified since the run"
+    damaged = damaged_outputs(workdir / stage.name, lock)
+    if damaged:
+        return "stale", damaged
     missing = _missing_folds(stage, params, lock)
     if missing:
         return "stale", f"folds {','.join(map(str, missing))} missing (run `pipeline train --fold K` for each, or `pipeline train`)"
@@ -219,13 +252,88 @@ def writer_locks(stage: Stage, params: Params, workdir: Path) -> Iterator[None]:
             yield
 
 
-def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False) -> dict:
-    """Run one stage under the workdir's writer lock (see writer_locks and _run_locked)."""
+def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, use_existing: bool = False,
+              check: bool = True) -> dict:
+    """Run one stage under the workdir's writer lock (see writer_locks and _run_locked), after every
+    check that can fail (pipeline.checks; `run` checks all its stages once up front instead)."""
     with writer_locks(stage, params, workdir):
-        return _run_locked(stage, params, workdir, force)
+        if check and distributed.from_env().main:
+            check_before_work((stage,), params, workdir)
+        return _run_locked(stage, params, workdir, force, use_existing)
 
 
-def _run_locked(stage: Stage, params: Params, workdir: Path, force: bool = False) -> dict:
+def check_before_work(stages: tuple[Stage, ...], params: Params, workdir: Path) -> None:
+    """pipeline.checks on the data the stages will see: the competition folder when preprocess is among
+    them (or has not run), else preprocess's cache."""
+    kinds = {s.kind for s in stages}
+    data = None
+    if "preprocess" in kinds or not (workdir / "preprocess" / LOCK).is_file():
+        root = data_root(params)
+        if root.is_dir() or "preprocess" in kinds:
+            data = discover(root, params.data.id_column, params.data.label_column)
+    else:
+        data = dataset_from_cache(workdir / "preprocess")
+    modules = {s.kind: s.module() for s in stages}
+    checks.check(params, data, [m.check for m in modules.values() if hasattr(m, "check")])
+
+
+def current_deps(stage: Stage, params: Params, workdir: Path) -> dict[str, str | None]:
+    return {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _deps(stage, params)}
+
+
+def stage_key(stage_params: dict, deps: dict) -> str:
+    """What a per-fold stage's folds are keyed by (fold.json): its params and input fingerprints."""
+    return hash_data({"params": stage_params, "deps": deps})
+
+
+def _fold_problems(folder: Path, key: str) -> list[str]:
+    """The fold<k>/ checkpoints of a train folder predict must not use: damaged, or of another recipe."""
+    problems = []
+    for fold_dir in sorted(folder.glob("fold*/")):
+        if not fold_dir.name[4:].isdigit() or not (fold_dir / "best.pt").exists() and not (fold_dir / FOLD_META).exists():
+            continue
+        why = fold_damage(fold_dir) or (None if fold_key(fold_dir) == key else "trained with other params or inputs")
+        if why:
+            problems.append(f"{fold_dir} ({why})")
+    return problems
+
+
+def _train_problems(train: Stage, params: Params, workdir: Path) -> list[str]:
+    """Why predict must not trust this workdir's train folds and those of predict.runs (empty: it may)."""
+    state, why = stage_status(train, params, workdir)
+    problems = [f"{train.name} is stale ({why})"] if state == "stale" and not why.startswith("folds ") else []
+    problems += _fold_problems(workdir / train.name, stage_key(_params_of(train, params), current_deps(train, params, workdir)))
+    for run in params.predict.runs:
+        folder = Path(run).expanduser()
+        lock = read_json(folder / LOCK) if (folder / LOCK).is_file() else None
+        if lock is None:
+            problems.append(f"{folder} (no {LOCK}: not a train folder written by pipeline train)")
+            continue
+        problems += _fold_problems(folder, stage_key(lock["params"], lock["deps"]))
+    return problems
+
+
+def verify_inputs(stage: Stage, params: Params, workdir: Path, use_existing: bool = False) -> None:
+    """Before a stage trusts its upstream outputs: each is still what its lock recorded, and predict's
+    folds are intact, of the train lock's recipe and not stale (unless use_existing says to take them)."""
+    for dep in stage.deps:
+        if stage.kind == "predict" and dep.endswith("train"):
+            continue  # below: predict names the folds it refuses
+        damaged = damaged_outputs(workdir / dep, read_json(workdir / dep / LOCK))
+        if damaged:
+            raise CheckError(f"{stage.name} reads {dep}, whose {damaged}: rerun `pipeline {dep.rsplit('/', 1)[-1]}` (or `pipeline run`)")
+    if stage.kind != "predict" or use_existing:
+        return
+    by_name = {s.name: s for s in stages_for(params)}
+    train = next(by_name[dep] for dep in stage.deps if dep.endswith("train"))
+    problems = _train_problems(train, params, workdir)
+    if problems:
+        raise CheckError(f"{stage.name} will not ensemble what train did not finish as recorded: {'; '.join(problems[:4])}"
+                         f"{f' (and {len(problems) - 4} more)' if len(problems) > 4 else ''}: run `pipeline run` (or `pipeline train`), "
+                         "or `pipeline predict --use-existing` to predict with what is there")
+
+
+def _run_locked(stage: Stage, params: Params, workdir: Path, force: bool = False, use_existing: bool = False) -> dict:
     """Run one stage into a temporary folder (per-fold stages: in place, fold by fold), record its lock,
     then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank."""
     for dep in stage.deps:
@@ -237,11 +345,13 @@ def _run_locked(stage: Stage, params: Params, workdir: Path, force: bool = False
         if not world.main:
             return {}
         console.print(f"{stage.name} is single-process: rank 0 runs it, the other {world.size - 1} processes exit")
-    deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _deps(stage, params)}
+    if world.main:
+        verify_inputs(stage, params, workdir, use_existing)
+    deps = current_deps(stage, params, workdir)
     # A stage reads its upstream folders by role: round1/train finds round1/... as paths["predict"] etc.
     inputs = {dep.rsplit("/", 1)[-1]: (data_root(params) if dep == "data" else workdir / dep)
               for dep in _deps(stage, params) if not dep.startswith(EXTERNAL)}
-    key = hash_data({"params": _params_of(stage, params), "deps": deps})
+    key = stage_key(_params_of(stage, params), deps)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     if world.main:
@@ -252,6 +362,8 @@ def _run_locked(stage: Stage, params: Params, workdir: Path, force: bool = False
             folder.mkdir(parents=True, exist_ok=True)
             for fold in finished_folds(folder) if force else []:  # finished folds are otherwise kept
                 shutil.rmtree(folder / f"fold{fold}")
+            for fold, why in damaged_folds(folder).items():
+                console.print(f"[yellow]fold {fold}[/]: {why}; training it again")
         result = stage.module().run(params, StagePaths(out=folder, inputs=inputs, key=key)) or {}
         if not world.main:
             return result
@@ -288,6 +400,7 @@ def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
         raise StageError("`pipeline run` is single-process: under torchrun launch `pipeline train`, then run "
                          "`pipeline run` or `pipeline predict` without torchrun (docs/distributed.md)")
     with workdir_lock(workdir):
+        check_before_work(stages_for(params), params, workdir)
         return _run_all_locked(params, workdir, force)
 
 
@@ -300,6 +413,6 @@ def _run_all_locked(params: Params, workdir: Path, force: bool) -> list[str]:
             console.print(f"[green]skip[/] {stage.name}: {why}")
             continue
         console.print(f"[yellow]run[/] {stage.name}: {why if not force else 'forced'}")
-        run_stage(stage, params, workdir, force=force)
+        run_stage(stage, params, workdir, force=force, check=False)
         ran.append(stage.name)
     return ran

@@ -46,7 +46,7 @@ def test_predict_cli_writes_a_valid_submission(trained):  # noqa: F811
 
 def test_auto_tta_picks_from_measured_candidates(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     run_stage(BY_NAME["predict"], tiny_params(workdir, "predict.tta=auto", "predict.tta_merge=auto",
                                               "predict.tta_oof_images=200"), workdir)
@@ -64,12 +64,13 @@ def test_auto_tta_picks_from_measured_candidates(trained, tmp_path):  # noqa: F8
 
 def test_missing_fold_is_reported_and_the_rest_predicts(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     (workdir / "train" / "fold1" / "best.pt").unlink()
     members, missing = find_members([workdir / "train"])
     assert [m.fold for m in members] == [0] and missing == [f"{workdir / 'train'}/fold1"]
-    result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
+    # A deleted checkpoint is damage (predict refuses it by default); --use-existing predicts with the rest.
+    result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir, use_existing=True)
     assert result["members"] == 1 and result["missing folds"] == missing
 
 
@@ -93,7 +94,7 @@ def test_extra_runs_with_oof_weights(trained, tmp_path):  # noqa: F811
     oof[cols] = np.where(np.eye(len(cols))[wrong] == 1, 0.98, oof[cols].to_numpy())
     oof.to_csv(other / "oof.csv", index=False)
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     result = run_stage(BY_NAME["predict"], tiny_params(workdir, f"predict.runs=[{other}]", "predict.weights=oof"), workdir)
     assert result["members"] == 4 and result["runs"] == 2
@@ -107,7 +108,7 @@ def test_extra_runs_with_oof_weights(trained, tmp_path):  # noqa: F811
 
 def test_bad_sample_column_fails_with_one_line(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     sample = workdir / "preprocess" / "sample_submission.csv"
     frame = pd.read_csv(sample, dtype=str)
@@ -121,7 +122,7 @@ def test_bad_sample_column_fails_with_one_line(trained, tmp_path):  # noqa: F811
 def test_constructed_leak_is_corrected_in_the_submission(trained, tmp_path):  # noqa: F811
     """Put a test image in the dedup cluster of a train image: its submitted label becomes that image's."""
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     clusters = pd.read_csv(workdir / "dedup" / "clusters.csv", dtype={"id": str})
     index = pd.read_csv(workdir / "preprocess" / "index.csv", dtype={"id": str, "label": str}, keep_default_na=False)
@@ -143,7 +144,7 @@ def test_constructed_leak_is_corrected_in_the_submission(trained, tmp_path):  # 
 
 def test_probability_sample_gets_probabilities(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     classes = json.loads((workdir / "preprocess" / "classes.json").read_text())
     sample_path = workdir / "preprocess" / "sample_submission.csv"
@@ -161,7 +162,7 @@ def test_probability_sample_gets_probabilities(trained, tmp_path):  # noqa: F811
 def test_unreadable_test_image_gets_the_train_prior(trained, tmp_path):  # noqa: F811
     """A sample id preprocess could not read (absent from index.csv) still gets a row: the train prior."""
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     sample_path = workdir / "preprocess" / "sample_submission.csv"
     sample = pd.read_csv(sample_path, dtype=str)

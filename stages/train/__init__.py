@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from pipeline import distributed as ddp
-from pipeline.artifacts import folder_lock, read_json, replace_dir, write_csv, write_json
+from pipeline.artifacts import file_records, folder_lock, read_json, replace_dir, write_csv, write_json
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows
 from pipeline.console import console
 from pipeline.device import normalisation, resolve_device
@@ -41,11 +41,12 @@ from stages.train.rows import RowStack, Rows, concat, extra_rows
 PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
 
-def check(params: Params) -> None:
-    """Refuse options this version does not implement, rather than ignoring them silently."""
-    p = params.train
-    if p.fold is not None and p.fold >= p.folds:
-        raise StageError(f"train.fold = {p.fold}: expected 0..{p.folds - 1} (train.folds = {p.folds})")
+def check(params: Params, data=None) -> None:
+    """Before any work (pipeline.checks): the model and its pretrained weights (folds and devices are
+    checked there)."""
+    from stages.train.model import check_model
+
+    check_model(params.train)
 
 
 def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
@@ -112,7 +113,6 @@ def run(params: Params, paths) -> dict:
     from stages.train.loop import train_fold
 
     p = params.train
-    check(params)
     data, train = load_data(params, paths)
     device = ddp.local_device(resolve_device(p.device))
     if device.type == "cuda":
@@ -149,7 +149,8 @@ def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, p
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
     plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
-    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", "")})
+    # The fold's files as written, so a later run keeps this fold only while they are intact.
+    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), "files": file_records(partial)})
     replace_dir(partial, paths.out / f"fold{fold}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import timm
@@ -9,7 +10,7 @@ import torch
 from timm.models import group_parameters
 from timm.models._manipulate import adapt_input_conv
 
-from pipeline.errors import StageError
+from pipeline.errors import CheckError, StageError
 from pipeline.params import TrainParams
 
 
@@ -24,30 +25,67 @@ def create_model(p: TrainParams, num_classes: int, in_chans: int) -> torch.nn.Mo
     return model
 
 
-def load_pretrained(model: torch.nn.Module, path: Path, in_chans: int) -> None:
-    """Load a safetensors file or a torch checkpoint (ours or timm's); skip a classifier of another size,
-    adapt the first conv to in_chans; refuse weights that match too little of the model."""
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or a torch checkpoint (ours or timm's), by parameter name.
+    Anything else (random bytes, text, a bare tensor, a truncated file) is a one-line CheckError."""
     if not path.is_file():
-        raise StageError(f"train.pretrained: weights file {path} not found (give a local .safetensors or .pt path)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise CheckError(f"train.pretrained: weights file {path} not found (give a local .safetensors or .pt path)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        for key in ("ema_state_dict", "state_dict_ema", "state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items() if torch.is_tensor(v)}
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling and safetensors raise many types for a bad file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise CheckError(f"train.pretrained = {path}: not a readable weights file ({type(exc).__name__}: {reason})") from None
+    for key in ("ema_state_dict", "state_dict_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        raise CheckError(f"train.pretrained = {path}: holds {type(state).__name__}, not a state dict of named tensors")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def fitting_weights(model: torch.nn.Module, state: dict, path: Path, in_chans: int) -> dict:
+    """The tensors that fit the model (a classifier of another size is skipped, the first conv adapted to
+    in_chans); weights that match too little of the model are refused."""
     own = model.state_dict()
     first_conv = (model.pretrained_cfg.get("first_conv") or "") + ".weight"
     if first_conv in state and state[first_conv].shape[1] != in_chans:
-        state[first_conv] = adapt_input_conv(in_chans, state[first_conv])
+        state = {**state, first_conv: adapt_input_conv(in_chans, state[first_conv])}
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(fitting) < 0.5 * len(own):
-        raise StageError(f"train.pretrained: {path} fits only {len(fitting)} of {len(own)} tensors of {model.default_cfg.get('architecture', 'the model')}; is it for train.model?")
-    model.load_state_dict(fitting, strict=False)
+        raise CheckError(f"train.pretrained: {path} fits only {len(fitting)} of {len(own)} tensors of {model.default_cfg.get('architecture', 'the model')}; is it for train.model?")
+    return fitting
+
+
+def load_pretrained(model: torch.nn.Module, path: Path, in_chans: int) -> None:
+    model.load_state_dict(fitting_weights(model, read_weights(path), path, in_chans), strict=False)
+
+
+def check_model(p: TrainParams) -> None:
+    """Before any work: timm knows train.model, and train.pretrained is a weights file that fits it
+    (the model is built on the meta device, so this costs no memory and little time)."""
+    if not timm.is_model(p.model):
+        close = difflib.get_close_matches(p.model, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
+        raise CheckError(f"train.model = {p.model!r}: not a timm model{hint}")
+    if not p.pretrained:
+        return
+    path = Path(p.pretrained).expanduser()
+    state = read_weights(path)
+    with torch.device("meta"):
+        model = timm.create_model(p.model, pretrained=False)
+    own = model.state_dict()
+    head = model.default_cfg.get("classifier") or ()  # a classifier of another size is expected not to fit
+    first_conv = (model.pretrained_cfg.get("first_conv") or "") + ".weight"  # adapted to in_chans when loaded
+    body = [k for k in own if not k.startswith(head)]
+    fitting = [k for k in body if k in state and (own[k].shape == state[k].shape or k == first_conv)]
+    if len(fitting) < 0.5 * len(body):
+        raise CheckError(f"train.pretrained = {path}: fits only {len(fitting)} of {len(body)} tensors of {p.model}; is it for train.model?")
 
 
 def layer_groups(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
