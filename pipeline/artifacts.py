@@ -18,12 +18,22 @@ from typing import Any, Iterator
 import yaml
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; an artifact is as readable as any file the user writes
     os.close(fd)
     try:
         yield Path(tmp)
@@ -119,12 +129,14 @@ def hash_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()[:16]
 
 
-def list_files(root: Path) -> list[Path]:
-    """Every regular file below root, sorted, hidden names (temp files, locks) left out."""
+def list_files(root: Path, skip_dirs: tuple[Path, ...] = ()) -> list[Path]:
+    """Every file below root (broken links included), sorted, hidden names (temp files, locks) and the
+    folders skip_dirs (a workdir inside the data folder) left out."""
     root = Path(root)
+    skip = {os.path.realpath(d) for d in skip_dirs}
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in skip)
         files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return files
 
@@ -163,14 +175,18 @@ def changed_files(folder: Path, records: dict[str, dict]) -> dict[str, str]:
     return changed
 
 
-def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = ()) -> str:
-    """Fingerprint of a file tree: relative names with sizes and mtimes, or with content hashes."""
+def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = (), skip_dirs: tuple[Path, ...] = ()) -> str:
+    """Fingerprint of a file tree: relative names with sizes and mtimes, or with content hashes. A
+    broken link counts by its name (preprocess reports it as unreadable)."""
     root = Path(root)
     rows = []
-    for path in list_files(root):
+    for path in list_files(root, skip_dirs):
         rel = path.relative_to(root).as_posix()
         if rel in exclude:
             continue
-        stat = path.stat()
-        rows.append([rel, hash_file(path)] if content else [rel, stat.st_size, stat.st_mtime_ns])
+        try:
+            stat = path.stat()
+            rows.append([rel, hash_file(path)] if content else [rel, stat.st_size, stat.st_mtime_ns])
+        except OSError as exc:  # a broken link, or a file that cannot be read
+            rows.append([rel, f"unreadable: {exc.strerror}"])
     return hash_data(rows)

@@ -201,6 +201,7 @@ class PredictParams(Section):
     batch_size: int = Field(ge=1)  # images x views per forward pass
     device: Literal["auto", "cpu", "cuda"]
     amp: bool  # autocast (bfloat16) on CUDA
+    submission: Literal["auto", "labels", "probabilities"]  # one label column: labels, or the positive class's probability
 
     @field_validator("tta")
     @classmethod
@@ -249,7 +250,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"-S {text!r}: expected key.path=value, e.g. -S train.epochs=3")
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"-S {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); quote it or close its brackets") from None
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:

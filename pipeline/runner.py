@@ -13,6 +13,7 @@ missing"). Under torchrun, rank 0 alone writes locks and outputs; stages other t
 
 from __future__ import annotations
 
+import errno
 import importlib
 import shutil
 import time
@@ -107,7 +108,8 @@ def data_root(params: Params) -> Path:
 def _dep_fingerprint(stage: Stage, params: Params, workdir: Path, dep: str) -> str | None:
     if dep == "data":
         root = data_root(params)
-        return fingerprint(root, content=params.data.full_hash) if root.is_dir() else None
+        # A workdir inside the data folder is not data: its own outputs would make preprocess stale forever.
+        return fingerprint(root, content=params.data.full_hash, skip_dirs=(workdir,)) if root.is_dir() else None
     if dep.startswith(EXTERNAL):  # a train folder outside the workdir (predict.runs): names, sizes, mtimes
         folder = Path(dep[len(EXTERNAL):]).expanduser()
         return fingerprint(folder) if folder.is_dir() else None
@@ -259,7 +261,34 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, 
     with writer_locks(stage, params, workdir):
         if check and distributed.from_env().main:
             check_before_work((stage,), params, workdir)
-        return _run_locked(stage, params, workdir, force, use_existing)
+        with disk_full_is_one_line(stage, workdir):
+            return _run_locked(stage, params, workdir, force, use_existing)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def disk_full_is_one_line(stage: Stage, workdir: Path) -> Iterator[None]:
+    """A full disk (or quota) ends the stage with one line naming it and the folder. What was written
+    is in the stage's hidden partial folder; the last good outputs were never touched (staged_dir)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as RuntimeError ("file write failed"), without an errno.
+        full = getattr(exc, "errno", None) in DISK_FULL or (
+            isinstance(exc, RuntimeError) and "write" in str(exc).lower() and _free_bytes(workdir) < (256 << 20))
+        if not full:
+            raise
+        raise StageError(f"{stage.name}: disk full writing in {workdir / stage.name} ({_free_bytes(workdir) / 2**20:.0f} MiB free); "
+                         "the last good outputs are intact: free space and run again") from None
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 def check_before_work(stages: tuple[Stage, ...], params: Params, workdir: Path) -> None:

@@ -14,7 +14,9 @@ processes and written straight into memory-mapped arrays, so the cache can be la
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -25,7 +27,9 @@ import pandas as pd
 from pipeline.artifacts import write_csv, write_json
 from pipeline.console import track
 from pipeline.data import discover
-from pipeline.images import ImageError, is_gray, read_image
+from pipeline.console import console
+from pipeline.errors import DataError, StageError
+from pipeline.images import ImageError, bit_depth, decode, is_gray, to_uint8_hwc
 from pipeline.params import Params, PreprocessParams
 
 from pipeline.params import CropParams
@@ -125,17 +129,21 @@ def pixel_count(path: Path) -> int | None:
         return None
 
 
-def read_checked(path: Path, max_pixels: int) -> np.ndarray:
+def read_checked(path: Path, max_pixels: int, bits: int | None = None) -> np.ndarray:
+    return to_uint8_hwc(decode_checked(path, max_pixels), bits)
+
+
+def decode_checked(path: Path, max_pixels: int) -> np.ndarray:
     pixels = pixel_count(path)
     if pixels is not None and pixels > max_pixels:
         raise ImageError(f"too large ({pixels} pixels > preprocess.max_pixels={max_pixels})")
-    return read_image(path)
+    return decode(path)
 
 
-def _load_one(args: tuple[str, PreprocessParams, int, tuple[int, int]]) -> tuple[np.ndarray | None, str]:
-    path, p, channels, hw = args
+def _load_one(args: tuple[str, PreprocessParams, int, tuple[int, int], int]) -> tuple[np.ndarray | None, str]:
+    path, p, channels, hw, bits = args
     try:
-        return process(read_checked(Path(path), p.max_pixels), p, channels, hw), ""
+        return process(read_checked(Path(path), p.max_pixels, bits), p, channels, hw), ""
     except ImageError as exc:
         return None, str(exc)
     except cv2.error as exc:  # e.g. an image larger than OpenCV's pixel limit
@@ -146,18 +154,21 @@ def _load_one(args: tuple[str, PreprocessParams, int, tuple[int, int]]) -> tuple
         return None, f"unexpected {type(exc).__name__}: {exc}"
 
 
-def probe(paths: list[str], max_pixels: int) -> tuple[bool, list[int]]:
-    """Decode up to PROBE_IMAGES train images spread over the list: (all gray?, their longer sides)."""
+def probe(paths: list[str], max_pixels: int) -> tuple[bool, list[int], int]:
+    """Decode up to PROBE_IMAGES train images spread over the list: (all gray?, their longer sides, the
+    bit depth of the data: 16-bit images are scaled by the dataset's depth, not each by its own)."""
     step = max(1, len(paths) // PROBE_IMAGES)
-    gray, sides = True, []
+    gray, sides, bits = True, [], 8
     for path in paths[::step][:PROBE_IMAGES]:
         try:
-            image = read_checked(Path(path), max_pixels)
+            raw = decode_checked(Path(path), max_pixels)
+            image = to_uint8_hwc(raw)
         except Exception:  # noqa: BLE001 - any bad file is reported when its split is cached
             continue
         gray = gray and is_gray(image)
         sides.append(max(image.shape[:2]))
-    return gray, sides
+        bits = max(bits, bit_depth(raw))
+    return gray, sides, bits
 
 
 def choose_channels(mode: str, all_gray: bool) -> int:
@@ -166,14 +177,36 @@ def choose_channels(mode: str, all_gray: bool) -> int:
     return 1 if all_gray else 3
 
 
-def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams, channels: int, hw, workers: int):
+def reserve(path: Path) -> None:
+    """Allocate the memory-mapped cache file's blocks now: a full disk is then one OSError (ENOSPC) here,
+    never a SIGBUS when a page of a sparse file is first written."""
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            # the filesystem cannot preallocate (EOPNOTSUPP/EINVAL): the free-space check stands alone
+
+
+def check_free_space(out: Path, manifest: pd.DataFrame, hw: tuple[int, int], channels: int) -> None:
+    """Before decoding anything: the cache must fit on the workdir's disk, with 5% to spare."""
+    needed = len(manifest) * hw[0] * hw[1] * channels * 1.05 + (64 << 20)
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise StageError(f"preprocess: the cache of {len(manifest)} images at {hw[0]}x{hw[1]}x{channels} needs "
+                         f"{needed / 2**30:.2f} GiB, {out} has {free / 2**30:.2f} GiB free: free space or lower preprocess.size")
+
+
+def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams, channels: int, hw, workers: int, bits: int = 8):
     """Write one split's array; return its index rows (with row numbers) and its failures.
 
     A failed image leaves its row zero and is absent from the index, so no reader ever sees it."""
     h, w = hw
     array = np.lib.format.open_memmap(out / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(rows), h, w, channels))
+    reserve(out / f"{split}.npy")
     index, failures = [], []
-    jobs = [(path, p, channels, hw) for path in rows.path]
+    jobs = [(path, p, channels, hw, bits) for path in rows.path]
     # No worker initialiser that touches OpenCV's thread pool: in a child forked from a process that
     # already used it (a second stage in the same process), cv2.setNumThreads hangs.
     with ProcessPoolExecutor(workers) as pool:
@@ -193,20 +226,27 @@ def run(params: Params, paths) -> dict:
     data = discover(paths["data"], params.data.id_column, params.data.label_column)
     manifest = data.manifest
     workers = p.workers or os.cpu_count() or 1
-    all_gray, sides = probe(list(manifest.path[manifest.split == "train"]), p.max_pixels)
+    for note in data.notes:
+        console.print(f"[yellow]data:[/] {note}")
+    all_gray, sides, bits = probe(list(manifest.path[manifest.split == "train"]), p.max_pixels)
     channels = choose_channels(p.channels, all_gray)
     hw = target_hw(auto_size(sides, p.size_range) if p.size == "auto" else p.size)
+    check_free_space(paths.out, manifest, hw, channels)
     size_from = f"auto (median train side {int(np.median(sides)) if sides else '?'} px)" if p.size == "auto" else "params"
 
     index, failures = [], []
     for split in ("train", "test"):
         rows = manifest[manifest.split == split].reset_index(drop=True)
-        kept, failed = _cache_split(rows, paths.out, split, p, channels, hw, workers)
+        kept, failed = _cache_split(rows, paths.out, split, p, channels, hw, workers, bits)
         index += kept
         failures += failed
 
     index = pd.DataFrame(index, columns=["id", "split", "label", "row", "path"])
     classes = [c for c in data.classes if c in set(index.label[index.split == "train"])]
+    if len(classes) < 2:
+        raise DataError(f"preprocess: only {len(classes)} class ({', '.join(classes) or 'none'}) has readable training images "
+                        f"after {len(failures)} unreadable files (first: {failures[0]['path'] if failures else '-'}: "
+                        f"{failures[0]['reason'] if failures else '-'}); classification needs two")
     write_csv(paths.out / "index.csv", index)
     write_json(paths.out / "classes.json", classes)
     write_csv(paths.out / "sample_submission.csv", data.sample)
@@ -220,6 +260,8 @@ def run(params: Params, paths) -> dict:
         "classes": len(classes),
         "train_images": int(counts.get("train", 0)),
         "test_images": int(counts.get("test", 0)),
+        "bit_depth": bits,
+        "notes": data.notes,
         "skipped": len(failures),
         "failures": failures,
     }

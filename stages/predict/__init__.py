@@ -31,7 +31,7 @@ from pipeline.errors import StageError
 from stages.predict.correction import correct
 from stages.predict.ensemble import Member, find_members, fit_weights, load_model, log_loss, predict_views, read_oof
 from stages.predict.plots import plot_predictions
-from stages.predict.submission import build_submission, write_submission
+from stages.predict.submission import build_submission, sample_format, write_submission
 from stages.predict.tta import MERGES, expand, merge
 
 
@@ -205,6 +205,12 @@ def predict_test(ctx: Context, views) -> tuple[np.ndarray, list[str], str]:
     return probs, test.id.tolist()
 
 
+def check(params: Params, data) -> None:
+    """Before any work (pipeline.checks): the sample's format is decidable with these classes."""
+    if data is not None:
+        sample_format(data.sample, [str(c) for c in data.classes], params.predict.submission)
+
+
 def run(params: Params, paths) -> dict:
     ctx = Context(params, paths)
     pre, out = paths["preprocess"], paths.out
@@ -246,8 +252,8 @@ def run(params: Params, paths) -> dict:
     frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in ctx.classes])
     frame.insert(0, "id", ids)
     write_csv(out / "probs.csv", frame)
-    submission = build_submission(sample, ids, probs, ctx.classes)
-    write_submission(out / "submission.csv", submission, sample, ctx.classes)
+    submission = build_submission(sample, ids, probs, ctx.classes, ctx.p.submission)
+    write_submission(out / "submission.csv", submission, sample, ctx.classes, ctx.p.submission)
 
     predicted = pd.Series([ctx.classes[k] for k in probs.argmax(1)])
     leaks_reported = len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", []))

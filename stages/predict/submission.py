@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import write_csv
-from pipeline.errors import StageError
+from pipeline.errors import CheckError, StageError
 
 PROB_FORMAT = "{:.6f}"
 
@@ -28,25 +28,51 @@ def _is_number(value: str) -> bool:
         return False
 
 
-def sample_format(sample: pd.DataFrame, classes: list[str]) -> str:
-    """'label', 'probability' or 'binary' (see the module docstring); anything else is an error."""
+def sample_format(sample: pd.DataFrame, classes: list[str], choice: str = "auto") -> str:
+    """'label', 'probability' or 'binary' (see the module docstring). With predict.submission = auto the
+    sample decides only when it is unambiguous; otherwise a one-line CheckError says what was seen and
+    which predict.submission value to set."""
     rest = list(sample.columns[1:])
     if len(rest) > 1:
         if sorted(rest) == sorted(classes):
             return "probability"
-        raise StageError(
+        unknown, absent = sorted(set(rest) - set(classes)), sorted(set(classes) - set(rest))
+        raise CheckError(
             f"sample_submission.csv has columns {rest[:6]}: expected one label column or one column per class "
-            f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
+            f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''}); columns that are not classes: {unknown[:5]}, "
+            f"classes without a column: {absent[:5]}"
         )
     if not rest:
-        raise StageError("sample_submission.csv has only an id column: expected a label or probability column")
-    values = sample[rest[0]].astype(str)
-    if len(classes) == 2 and len(values) and values.map(_is_number).all() and not values.isin(classes).all():
+        raise CheckError("sample_submission.csv has only an id column: expected a label or probability column")
+    if choice == "labels":
+        return "label"
+    if choice == "probabilities":
+        if len(classes) != 2:
+            raise CheckError(f"predict.submission = probabilities: one column holds the probability of one class, "
+                             f"but there are {len(classes)} classes; use labels, or a sample with one column per class")
         return "binary"
-    return "label"
+    return _auto_format(sample[rest[0]].astype(str).str.strip(), classes)
 
 
-def build_submission(sample: pd.DataFrame, ids: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+def _auto_format(values: pd.Series, classes: list[str]) -> str:
+    if len(classes) != 2 or values.empty:
+        return "label"  # one column cannot hold the probabilities of 3+ classes
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.isna().any():
+        return "label"  # placeholders that are not numbers (or empty) are no probabilities
+    if ((numbers > 0) & (numbers < 1)).any():
+        return "binary"  # 0.5: a probability, never a label
+    if values.isin(classes).all() and not set(values) <= {"0", "1", "0.0", "1.0"}:
+        return "label"
+    seen = ", ".join(sorted(set(values))[:3])
+    raise CheckError(
+        f"sample_submission.csv column {values.name!r} holds {seen} and the classes are {classes[0]}, {classes[1]}: "
+        "it could ask for labels or for the probability of " + repr(classes[1])
+        + "; set predict.submission to labels or probabilities"
+    )
+
+
+def build_submission(sample: pd.DataFrame, ids: list[str], probs: np.ndarray, classes: list[str], choice: str = "auto") -> pd.DataFrame:
     """The sample with its prediction columns filled from probs (rows of `ids`), as strings."""
     id_col = sample.columns[0]
     order = {i: k for k, i in enumerate(ids)}
@@ -55,7 +81,7 @@ def build_submission(sample: pd.DataFrame, ids: list[str], probs: np.ndarray, cl
         raise StageError(f"submission: {len(missing)} sample ids have no prediction (first: {', '.join(missing[:5])})")
     p = probs[[order[i] for i in sample[id_col]]]
     submission = pd.DataFrame({id_col: sample[id_col].values})
-    fmt = sample_format(sample, classes)
+    fmt = sample_format(sample, classes, choice)
     if fmt == "probability":
         for column in sample.columns[1:]:
             submission[column] = [PROB_FORMAT.format(v) for v in p[:, classes.index(column)]]
@@ -70,7 +96,7 @@ def _ids_line(what: str, ids: list[str]) -> str:
     return f"{len(ids)} {what} (first: {', '.join(map(str, ids[:5]))})"
 
 
-def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame, classes: list[str]) -> None:
+def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame, classes: list[str], choice: str = "auto") -> None:
     """Raise StageError naming the first problem: columns, missing/extra/duplicate/reordered ids,
     labels outside the vocabulary, probabilities that are not numbers in [0, 1] summing to 1."""
     if list(submission.columns) != list(sample.columns):
@@ -88,7 +114,7 @@ def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame, classes:
     if got != want:
         first = next(k for k, (a, b) in enumerate(zip(got, want)) if a != b)
         raise StageError(f"submission ids are not in the sample's order (row {first}: {got[first]!r}, sample has {want[first]!r})")
-    fmt = sample_format(sample, classes)
+    fmt = sample_format(sample, classes, choice)
     columns = list(sample.columns[1:])
     if fmt == "label":
         labels = submission[columns[0]].astype(str)
@@ -106,8 +132,8 @@ def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame, classes:
         raise StageError(f"submission row {worst} ({got[worst]}): probabilities sum to {values[worst].sum():.4f}, not 1")
 
 
-def write_submission(path: Path, submission: pd.DataFrame, sample: pd.DataFrame, classes: list[str]) -> None:
+def write_submission(path: Path, submission: pd.DataFrame, sample: pd.DataFrame, classes: list[str], choice: str = "auto") -> None:
     """Validate in memory, write atomically, then read the file back and validate what is on disk."""
-    validate_submission(submission, sample, classes)
+    validate_submission(submission, sample, classes, choice)
     write_csv(path, submission)
-    validate_submission(pd.read_csv(path, dtype=str, keep_default_na=False), sample, classes)
+    validate_submission(pd.read_csv(path, dtype=str, keep_default_na=False), sample, classes, choice)
