@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -96,3 +97,15 @@ class RowStack:
             order = np.argsort(local, kind="stable")  # memory maps read fastest in row order
             out[at[order]] = self.parts[k][local[order]]
         return out
+
+
+@dataclass
+class TrainData:
+    """What every fold trains from (stages.train.load_data)."""
+
+    rows: Rows  # every row that may train; labelled rows validate
+    pixels: Any  # RowStack of the uint8 caches
+    classes: list[str]
+    transform: Any  # the albumentations pipeline (CPU path)
+    gpu_recipe: dict | None  # the same recipe for the device path
+    norm: dict  # input mean/std
