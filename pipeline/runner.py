@@ -226,6 +226,8 @@ def stage_status(stage: Stage, params: Params, workdir: Path, stale_upstream: se
 
 
 def statuses(params: Params, workdir: Path) -> list[tuple[str, str, str]]:
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise CheckError(f"workdir {workdir} is a file: expected a folder for the artifacts (-w / workdir)")
     rows, stale = [], set()
     for stage in stages_for(params):
         state, why = stage_status(stage, params, workdir, stale)
@@ -260,6 +262,8 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, 
     check that can fail (pipeline.checks; `run` checks all its stages once up front instead)."""
     with writer_locks(stage, params, workdir):
         if check and distributed.from_env().main:
+            require_inputs(stage, workdir)
+            verify_inputs(stage, params, workdir, use_existing)  # a damaged input is the cause to name first
             check_before_work((stage,), params, workdir)
         with disk_full_is_one_line(stage, workdir):
             return _run_locked(stage, params, workdir, force, use_existing)
@@ -304,6 +308,13 @@ def check_before_work(stages: tuple[Stage, ...], params: Params, workdir: Path) 
         data = dataset_from_cache(workdir / "preprocess")
     modules = {s.kind: s.module() for s in stages}
     checks.check(params, data, [m.check for m in modules.values() if hasattr(m, "check")])
+
+
+def require_inputs(stage: Stage, workdir: Path) -> None:
+    for dep in stage.deps:
+        if not (workdir / dep / LOCK).is_file():
+            command = f"pipeline {dep}" if dep in BY_NAME else "pipeline run"  # round<k>/ stages run from `run`
+            raise StageError(f"{stage.name} needs the output of {dep}, which is missing: run `{command}` first")
 
 
 def current_deps(stage: Stage, params: Params, workdir: Path) -> dict[str, str | None]:
@@ -365,10 +376,7 @@ def verify_inputs(stage: Stage, params: Params, workdir: Path, use_existing: boo
 def _run_locked(stage: Stage, params: Params, workdir: Path, force: bool = False, use_existing: bool = False) -> dict:
     """Run one stage into a temporary folder (per-fold stages: in place, fold by fold), record its lock,
     then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank."""
-    for dep in stage.deps:
-        if not (workdir / dep / LOCK).is_file():
-            command = f"pipeline {dep}" if dep in BY_NAME else "pipeline run"  # round<k>/ stages run from `run`
-            raise StageError(f"{stage.name} needs the output of {dep}, which is missing: run `{command}` first")
+    require_inputs(stage, workdir)
     world = distributed.from_env()
     if world.size > 1 and stage.kind != "train":
         if not world.main:

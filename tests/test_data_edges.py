@@ -197,3 +197,29 @@ def test_test_ids_equal_to_train_ids_do_not_break_the_duplicate_correction():
     probs, changes = correct(np.array([[0.9, 0.1], [0.2, 0.8]]), ["1", "2"], clusters, pd.Series({"1": "dog", "2": "cat"}),
                              ["cat", "dog"], leak_label=True, consistent=True)
     assert np.allclose(probs[0], [0, 1]) and changes.id.tolist() == ["1"]  # test 1 is a copy of train 1 (a dog)
+
+
+@pytest.mark.slow
+def test_a_cifar_layout_with_shared_ids_runs_to_a_submission(tmp_path):
+    """Train and test both numbered 1..N (CIFAR-10 on Kaggle), with a test image that is a copy of a
+    train image: the run finishes and the copy takes its train label."""
+    from pipeline.runner import run_all
+    from tests.conftest import blob_image
+
+    root, rng = tmp_path / "cifar", np.random.default_rng(0)
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    images = {i: blob_image(rng, i % 2) for i in range(1, 25)}
+    for i, image in images.items():
+        cv2.imwrite(str(root / "train" / f"{i}.png"), image)
+    pd.DataFrame({"id": list(images), "label": ["cat" if i % 2 else "dog" for i in images]}).to_csv(root / "train.csv", index=False)
+    for i in range(1, 7):
+        cv2.imwrite(str(root / "test" / f"{i}.png"), images[3] if i == 1 else blob_image(rng, i % 2))
+    pd.DataFrame({"id": range(1, 7), "label": "cat"}).to_csv(root / "sample_submission.csv", index=False)
+    wd = tmp_path / "art"
+    params = params_for(root, wd, "preprocess.size=24", "train.model=resnet10t", "train.folds=2", "train.epochs=1",
+                        "train.batch_size=8", "train.workers=0", "predict.batch_size=8", "predict.tta=[identity]")
+    run_all(params, wd)
+    submission = pd.read_csv(wd / "predict" / "submission.csv", dtype=str)
+    assert submission.id.tolist() == [str(i) for i in range(1, 7)]
+    assert submission.label[0] == "cat"  # test 1 is train 3's picture, a cat

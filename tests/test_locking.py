@@ -100,9 +100,10 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path):
 
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path, params_file):
     (tmp_path / "file").write_text("not a folder")
-    result = runner.invoke(app, ["preprocess", "-p", str(params_file), "-w", str(tmp_path / "file")])
-    assert result.exit_code == 2
-    assert "is a file: expected a folder" in result.output
+    for command in ("preprocess", "run", "status"):
+        result = runner.invoke(app, [command, "-p", str(params_file), "-w", str(tmp_path / "file")])
+        assert result.exit_code == 2, result.output
+        assert "is a file: expected a folder" in result.output
 
 
 @pytest.mark.slow
