@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from pipeline.console import console
 from pipeline.errors import ParamsError, PipelineError
+from pipeline.locking import writer_of
 from pipeline.params import Params, load_params
 from pipeline.rounds import final_predict_dir, round_report
 from pipeline.runner import BY_NAME, run_all, run_stage, statuses
@@ -114,3 +115,6 @@ def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, 
     rows = _guard(lambda: statuses(p, wd))
     for name, state, why in rows:
         typer.echo(f"{name:<15} {state:<8} {why}")
+    writer = writer_of(wd)
+    if writer:
+        console.print(f"[yellow]running:[/] {escape(writer)} is writing this workdir; outputs may change until it ends")

@@ -113,3 +113,17 @@ def fold_locks(folder: Path, folds: list[int]) -> Iterator[None]:
     with file_lock(folder / f".fold{folds[0]}.lock", f"{folder}/fold{folds[0]}"):
         with fold_locks(folder, folds[1:]):
             yield
+
+
+def writer_of(workdir: Path) -> str | None:
+    """Who is writing the workdir now ("pid ... (command) since ..."), or None; for `pipeline status`."""
+    path = Path(workdir) / WORKDIR_LOCK
+    if not path.is_file() or any(key[0] == str(path.resolve()) for key in _held):
+        return None
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(path)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None

@@ -58,6 +58,7 @@ def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path, params_file):
         assert not (wd / "preprocess").exists() and not (wd / "example").exists()
         status = runner.invoke(app, ["status", "-p", str(params_file), "-w", str(wd)])
         assert status.exit_code == 0  # status only reads: it never waits on a writer
+        assert f"running: pid {holder.pid}" in status.output
     finally:
         stop(holder)
 
