@@ -72,7 +72,7 @@ def test_cuda_without_a_gpu_names_the_key(invoke, key):
     ("other.pt", {"some.weight": torch.zeros(2, 2)}, "fits only 0 of"),
 ])
 def test_a_bad_pretrained_file_is_one_line(invoke, tmp_path, name, content, message):
-    result = invoke("train", f"train.pretrained={weights(tmp_path, name, content)}", "train.model=resnet10t")
+    result = invoke("run", f"train.pretrained={weights(tmp_path, name, content)}", "train.model=resnet10t")
     assert result.exit_code == 2, result.output
     assert message in result.output and result.output.strip().count("\n") == 0, result.output
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.runner import BY_NAME, run_stage, stage_status
 from stages.predict.ensemble import find_members, load_model
-from tests._predict_fixtures import PARAMS, TINY, tiny_params, trained  # noqa: F401
+from tests._predict_fixtures import PARAMS, TINY, record_edit, tiny_params, trained  # noqa: F401
 
 
 def cli(workdir, *overrides):
@@ -115,7 +115,12 @@ def test_bad_sample_column_fails_with_one_line(trained, tmp_path):  # noqa: F811
     frame["extra"] = "x"
     frame.to_csv(sample, index=False)
     result = cli(workdir)
-    assert result.exit_code == 1
+    # An edited cache file is caught first, before any work: preprocess's lock recorded another file.
+    assert result.exit_code == 2
+    assert "preprocess, whose output sample_submission.csv modified since the run" in result.output
+    record_edit(sample)
+    result = cli(workdir)  # a sample whose columns do not fit the classes: one line, exit 2, before any work
+    assert result.exit_code == 2
     assert "expected one label column or one column per class" in result.output
 
 
@@ -133,6 +138,7 @@ def test_constructed_leak_is_corrected_in_the_submission(trained, tmp_path):  # 
     donor = index[(index.split == "train") & (index.label != before[test_id])].iloc[0]
     clusters.loc[clusters.id == test_id, "cluster"] = int(clusters.loc[clusters.id == donor.id, "cluster"].iloc[0])
     clusters.to_csv(workdir / "dedup" / "clusters.csv", index=False)
+    record_edit(workdir / "dedup" / "clusters.csv")
     result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
     after = pd.read_csv(workdir / "predict" / "submission.csv", dtype=str).set_index("id").label
     assert after[test_id] == donor.label
@@ -152,6 +158,7 @@ def test_probability_sample_gets_probabilities(trained, tmp_path):  # noqa: F811
     for c in reversed([str(c) for c in classes]):
         sample[c] = "0.1"
     sample.to_csv(sample_path, index=False)
+    record_edit(sample_path)
     run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
     sub = pd.read_csv(workdir / "predict" / "submission.csv", dtype={"id": str})
     probs = pd.read_csv(workdir / "predict" / "probs.csv", dtype={"id": str})
@@ -168,6 +175,7 @@ def test_unreadable_test_image_gets_the_train_prior(trained, tmp_path):  # noqa:
     sample = pd.read_csv(sample_path, dtype=str)
     sample = pd.concat([sample.iloc[:3], pd.DataFrame({"id": ["broken_file"], "label": ["0"]}), sample.iloc[3:]])
     sample.to_csv(sample_path, index=False)
+    record_edit(sample_path)
     result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
     assert result["filled with prior (unreadable)"] == 1
     probs = pd.read_csv(workdir / "predict" / "probs.csv", dtype={"id": str}).set_index("id")
