@@ -131,11 +131,14 @@ def hash_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def list_files(root: Path, skip_dirs: tuple[Path, ...] = ()) -> list[Path]:
     """Every file below root (broken links included), sorted, hidden names (temp files, locks) and the
-    folders skip_dirs (a workdir inside the data folder) left out."""
+    folders skip_dirs (a workdir inside the data folder) left out. Linked folders are followed: a
+    predict-only workdir links the train side of a finished one (pipeline.newtest)."""
     root = Path(root)
+    if root.is_file():
+        return [root]
     skip = {os.path.realpath(d) for d in skip_dirs}
     files = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in skip)
         files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return files
@@ -175,18 +178,60 @@ def changed_files(folder: Path, records: dict[str, dict]) -> dict[str, str]:
     return changed
 
 
-def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = (), skip_dirs: tuple[Path, ...] = ()) -> str:
-    """Fingerprint of a file tree: relative names with sizes and mtimes, or with content hashes. A
-    broken link counts by its name (preprocess reports it as unreadable)."""
+def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+                skip_dirs: tuple[Path, ...] = ()) -> str:
+    """Fingerprint of a file tree: names relative to root (so a moved folder keeps its fingerprint) with
+    sizes and mtimes, or with content hashes. `only`: the files and folders directly under root that
+    count (the train side of a competition folder is train/ and train.csv); absent ones count as absent.
+    skip_dirs: folders that are not data (a workdir inside the data folder). A broken link counts by its
+    name (preprocess reports it as unreadable)."""
     root = Path(root)
     rows = []
-    for path in list_files(root, skip_dirs):
-        rel = path.relative_to(root).as_posix()
-        if rel in exclude:
-            continue
-        try:
-            stat = path.stat()
-            rows.append([rel, hash_file(path)] if content else [rel, stat.st_size, stat.st_mtime_ns])
-        except OSError as exc:  # a broken link, or a file that cannot be read
-            rows.append([rel, f"unreadable: {exc.strerror}"])
+    for top in sorted(only) if only is not None else [None]:
+        for path in list_files(root if top is None else root / top, skip_dirs) if top is None or (root / top).exists() else []:
+            rel = path.relative_to(root).as_posix()
+            if rel in exclude:
+                continue
+            try:
+                stat = path.stat()
+                rows.append([rel, hash_file(path)] if content else [rel, stat.st_size, stat.st_mtime_ns])
+            except OSError as exc:  # a broken link, or a file that cannot be read
+                rows.append([rel, f"unreadable: {exc.strerror}"])
     return hash_data(rows)
+
+
+FOLD_META = "fold.json"
+
+
+def fold_damage(fold_dir: Path) -> str | None:
+    """Why a finished fold<k>/ is no longer what was written (its fold.json records its files), or None."""
+    try:
+        meta = read_json(Path(fold_dir) / FOLD_META)
+    except (OSError, ValueError):
+        return f"{FOLD_META} unreadable"
+    changed = changed_files(fold_dir, meta.get("files", {}))  # folds of older versions recorded no files
+    if changed:
+        name, how = next(iter(changed.items()))
+        return f"{name} {'deleted' if how == 'missing' else 'modified'} since it finished"
+    return None
+
+
+def fold_key(fold_dir: Path) -> str | None:
+    try:
+        return read_json(Path(fold_dir) / FOLD_META)["key"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def finished_folds(folder: Path, key: str | None = None) -> list[int]:
+    """The intact fold<k>/ folders a per-fold stage finished (fold.json is written last, before the
+    rename); with `key`, only those trained with that params-and-inputs key. A damaged fold (a file
+    deleted or changed since it finished) is not finished: it is trained again, never kept."""
+    found = [d for d in Path(folder).glob(f"fold*/{FOLD_META}") if d.parent.name[4:].isdigit()]
+    return sorted(int(d.parent.name[4:]) for d in found
+                  if fold_damage(d.parent) is None and (key is None or fold_key(d.parent) == key))
+
+
+def damaged_folds(folder: Path) -> dict[int, str]:
+    found = [d.parent for d in Path(folder).glob(f"fold*/{FOLD_META}") if d.parent.name[4:].isdigit()]
+    return {int(d.name[4:]): why for d in found if (why := fold_damage(d))}

@@ -13,9 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
-import pandas as pd
-
-from pipeline.artifacts import read_json
 from pipeline.data import Dataset
 from pipeline.errors import CheckError
 from pipeline.params import Params
@@ -74,9 +71,10 @@ def check_paths(params: Params) -> None:
 
 def dataset_from_cache(preprocess_dir: Path) -> Dataset | None:
     """The dataset as preprocess cached it, for the checks of a stage run on its own (None: not cached)."""
-    files = [preprocess_dir / name for name in ("index.csv", "classes.json", "sample_submission.csv")]
-    if not all(f.is_file() for f in files):
+    from pipeline.cache import read_classes, read_index, read_sample
+
+    try:
+        index, classes, sample = read_index(preprocess_dir), read_classes(preprocess_dir), read_sample(preprocess_dir)
+    except (OSError, ValueError):  # an incomplete cache: the stage's own input check names what is missing
         return None
-    index = pd.read_csv(files[0], dtype=str, keep_default_na=False)
-    sample = pd.read_csv(files[2], dtype=str, keep_default_na=False)
-    return Dataset(manifest=index, classes=[str(c) for c in read_json(files[1])], sample=sample, layout="cache")
+    return Dataset(manifest=index, classes=[str(c) for c in classes], sample=sample, layout="cache")

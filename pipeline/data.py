@@ -16,6 +16,10 @@ import pandas as pd
 from pipeline.errors import DataError
 from pipeline.images import IMAGE_EXTENSIONS
 
+# What each side of a competition folder is made of. Train depends on the train side alone, so a new
+# test set (a code competition swaps it in at scoring time) never retrains (pipeline.runner).
+SIDE_FILES = {"train": ("train", "train.csv"), "test": ("test", "sample_submission.csv")}
+
 ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file", "filename", "file_name", "name", "image_name", "path")
 LABEL_NAMES = ("label", "labels", "class", "class_id", "classid", "target", "category", "y", "species", "breed")
 
@@ -26,6 +30,8 @@ class Dataset:
     classes: list[str]  # sorted label vocabulary
     sample: pd.DataFrame  # the submission template: id column first, test ids in order
     layout: str
+    id_column: str = "id"  # train.csv's id and label columns: a test folder without a sample gets them
+    label_column: str = "label"
     notes: list[str] = field(default_factory=list)  # what discovery changed or dropped, for the preprocess summary
 
 
@@ -119,6 +125,28 @@ def normalise_numeric_labels(labels: pd.Series, notes: list[str]) -> pd.Series:
     return canonical
 
 
+def _strip_ids(column: pd.Series, what: str, notes: list[str]) -> pd.Series:
+    stripped = column.str.strip()
+    changed = int((stripped != column).sum())
+    if changed:
+        notes.append(f"{changed} {what} ids had spaces around them, stripped (e.g. {column[stripped != column].iloc[0]!r})")
+    return stripped
+
+
+def normalise_numeric_labels(labels: pd.Series, notes: list[str]) -> pd.Series:
+    """"1.0" and "1" are one class when every label is a number: written the shortest way ("1", "0.5").
+    Labels that are all numbers but spelled one way each are kept as written (the competition's spelling)."""
+    numbers = pd.to_numeric(labels, errors="coerce")
+    if numbers.isna().any():
+        return labels
+    canonical = numbers.map(lambda v: str(int(v)) if float(v).is_integer() else repr(float(v)))
+    if canonical.nunique() == labels.nunique():
+        return labels
+    merged = sorted({f"{a} -> {b}" for a, b in zip(labels, canonical) if a != b})
+    notes.append(f"numeric labels normalised, {labels.nunique()} spellings -> {canonical.nunique()} classes ({', '.join(merged[:4])})")
+    return canonical
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -152,17 +180,31 @@ def _kaggle(root: Path, id_column: str | None, label_column: str | None) -> Data
             "split": "train",
         }
     )
+    test, sample = discover_test(root, id_col, label_col, notes)
+    dataset = _finish(pd.concat([train, test], ignore_index=True), sample, "kaggle", notes)
+    dataset.id_column, dataset.label_column = id_col, label_col
+    return dataset
+
+
+def discover_test(root: Path, id_col: str = "id", label_col: str = "label", notes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The test side alone: (manifest rows, submission template) from sample_submission.csv and test/,
+    or from the files in test/ when there is no sample (the template is then id_col,label_col). Reads
+    nothing of the train side, so a folder holding only a new test set can be predicted."""
+    root = Path(root)
     sample_path = root / "sample_submission.csv"
     if sample_path.is_file():
         sample = _read_csv(sample_path)
-        sample[sample.columns[0]] = test_ids = _strip_ids(sample[sample.columns[0]], "sample_submission.csv", notes)
-        test_paths = _match_ids(test_ids, root / "test", sample_path) if (root / "test").is_dir() else None
-        if test_paths is None:
+        # Stripped in the sample too: an id with a trailing space must not miss its image and get the prior.
+        sample[sample.columns[0]] = test_ids = _strip_ids(sample[sample.columns[0]], "sample_submission.csv",
+                                                          notes if notes is not None else [])
+        if not (root / "test").is_dir():
             raise DataError(f"{sample_path} lists {len(test_ids)} test ids but {root}/test/ is missing")
+        test_paths = _match_ids(test_ids, root / "test", sample_path)
     else:
         sample, test_ids, test_paths = _test_from_folder(root / "test", id_col, label_col)
-    test = pd.DataFrame({"id": test_ids.values, "path": [str(p) for p in test_paths], "label": "", "split": "test"})
-    return _finish(pd.concat([train, test], ignore_index=True), sample, "kaggle", notes)
+    test = pd.DataFrame({"id": test_ids.values, "path": [str(p) for p in test_paths], "label": "", "split": "test"},
+                        columns=["id", "path", "label", "split"])
+    return test, sample
 
 
 def _test_from_folder(folder: Path, id_col: str = "id", label_col: str = "label"):
@@ -187,9 +229,9 @@ def _class_folders(root: Path) -> Dataset:
             {"id": f"{folder.name}/{p.relative_to(folder).with_suffix('').as_posix()}", "path": str(p), "label": folder.name, "split": "train"}
             for p in files
         ]
-    sample, ids, files = _test_from_folder(root / "test")
-    rows += [{"id": i, "path": str(p), "label": "", "split": "test"} for i, p in zip(ids, files)]
-    return _finish(pd.DataFrame(rows, columns=["id", "path", "label", "split"]), sample, "class-per-folder")
+    test, sample = discover_test(root)
+    train = pd.DataFrame(rows, columns=["id", "path", "label", "split"])
+    return _finish(pd.concat([train, test], ignore_index=True), sample, "class-per-folder")
 
 
 def _finish(manifest: pd.DataFrame, sample: pd.DataFrame, layout: str, notes: list[str] | None = None) -> Dataset:

@@ -9,7 +9,7 @@ line, so the user always has the last word.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -111,10 +111,11 @@ class AugmentParams(Section):
 class TrainParams(Section):
     # Model.
     model: str  # any timm model name
-    pretrained: str | None  # local weights file (.safetensors or torch checkpoint); no hub downloads
+    pretrained: bool | str | None  # null/false: scratch; true: timm's weights (HF cache, download online); auto; a local file/folder
+    pretrained_min_fit: float = Field(gt=0.0, le=1.0)  # weights must fill at least this share of the model's tensors
     drop_rate: float = Field(ge=0.0, lt=1.0)  # dropout before the classifier
     drop_path: float = Field(ge=0.0, lt=1.0)  # stochastic depth
-    norm: Literal["dataset", "imagenet"]  # input normalisation: the training cache's mean/std, or ImageNet's
+    norm: Literal["dataset", "imagenet", "pretrained"]  # the cache's mean/std, ImageNet's, or the loaded weights' own
     norm_sample: int = Field(ge=1)  # norm: dataset: images sampled (seeded) for the mean/std
     # Folds.
     folds: int = Field(ge=2, le=50)
@@ -167,6 +168,7 @@ class TrainParams(Section):
     freeze_epochs: int = Field(ge=0)  # train only the head for the first N epochs
     unfreeze: Literal["all", "gradual"]  # after that: everything at once, or one layer group per epoch from the top
     backbone_lr: float = Field(gt=0.0, le=1.0)  # backbone lr as a fraction of the head's
+    layer_decay: float | None = Field(gt=0.0, le=1.0)  # lr x this per layer group below the head (timm's layer_decay); None: off
     late_freeze_at: float | None = Field(gt=0.0, lt=1.0)  # fraction of training after which early layers freeze
     late_freeze_groups: int = Field(ge=0)  # how many layer groups (from the stem) late freezing freezes
     # Speed.
@@ -177,7 +179,7 @@ class TrainParams(Section):
     cudnn_benchmark: bool
     gpu_augment: Literal["auto", "always", "never"]  # always: keep the uint8 cache on the device and augment there
     gpu_cache_fraction: float = Field(gt=0.0, le=1.0)  # auto: use the device path when the cache fits this share
-    workers: int = Field(ge=0)  # data loader processes for the albumentations path
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"]  # data loader processes for the albumentations path; auto: cores - 1, at most 8
     log_every: int = Field(ge=1)  # steps between reads of the loss (finiteness check, progress bar): the only host syncs
     checkpoint_every: int | Literal["auto"] = Field(description="epochs between last.pt writes, or auto")
     # Stopping, metrics.
@@ -187,6 +189,8 @@ class TrainParams(Section):
     # Distributed (torchrun): one process per GPU, DDP.
     sync_bn: bool  # SyncBatchNorm across processes (CUDA only; BatchNorm statistics of the global batch)
     dist_timeout: float = Field(gt=0.0)  # seconds a collective waits for the other ranks before the run fails
+    # Logs.
+    tensorboard: bool  # TensorBoard event files per fold (needs the optional tensorboard package)
 
     @field_validator("batch_size", "checkpoint_every")
     @classmethod
@@ -259,11 +263,20 @@ class Params(Section):
     pseudo: PseudoParams
     rounds: int = Field(ge=0, le=10)  # pseudo-label rounds after the first train -> predict
     distill: DistillParams
+    finetune: dict[str, Any]  # dotted-key train overrides applied when pretrained weights load (unless set with -S)
     example: dict[str, Any]  # dotted-key overrides applied only to the built-in example
 
     @property
     def is_example(self) -> bool:
         return self.data.root == EXAMPLE_ROOT
+
+    @field_validator("finetune")
+    @classmethod
+    def _train_keys(cls, value):
+        wrong = [k for k in value if not k.startswith("train.")]
+        if wrong:
+            raise ValueError(f"finetune overrides train keys only (train.lr, ...), got {', '.join(wrong)}")
+        return value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -289,9 +302,17 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value  # a misspelt key is caught by validation, which names the allowed ones
 
 
+BRANCH_TYPES = {"int", "str", "float", "bool", "none"}
+BRANCH_PREFIXES = ("function-", "tuple[", "constrained-", "literal[", "list[", "dict[")
+
+
+def _key(err: dict) -> str:
+    # Unions report one error per branch (loc ends in the branch's type); keep the path that names a key.
+    return ".".join(str(p) for p in err["loc"] if str(p) not in BRANCH_TYPES and not str(p).startswith(BRANCH_PREFIXES))
+
+
 def _describe(err: dict) -> str:
-    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tuple[")))
-    # Unions report one error per branch; keep only the field path that names a key.
+    key = _key(err)
     if err["type"] == "missing":
         return f"{key}: missing from params.yaml"
     if err["type"] == "extra_forbidden":
@@ -315,7 +336,12 @@ def validate(raw: dict) -> Params:
     except ValidationError as exc:
         errors = exc.errors()
         first = _describe(errors[0])
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        branches = [e for e in errors if _key(e) == _key(errors[0])]
+        if len(branches) > 1:  # a union (e.g. an int or "auto"): say every form the key accepts
+            wanted = " or ".join(dict.fromkeys(e["msg"].lower().removeprefix("input should be ").split(",")[0] for e in branches))
+            first = f"{_key(errors[0])} = {errors[0].get('input')!r}: expected {wanted}"
+        rest = len(errors) - len(branches)
+        more = f" (and {rest} more)" if rest else ""
         raise ParamsError(first + more) from None
 
 
@@ -325,15 +351,22 @@ def load_raw(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ParamsError(f"{path}{_yaml_where(exc)}: not valid YAML ({getattr(exc, 'problem', None) or str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     return raw
 
 
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """':line:column' (1-based, as editors count) of a YAML error, when the parser knows it."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
 def load_params(path: Path, overrides: list[str] = (), workdir: str | None = None) -> tuple[Params, list[str]]:
     """Load, apply example and command-line overrides, validate. Returns the params and the list of
-    example overrides applied (to print), so that nothing is shrunk silently."""
+    example overrides applied (to print), so that nothing is shrunk silently. The finetune preset is
+    applied on top by pipeline.finetune.load_finetuned (what the CLI calls), once the weights are known."""
     raw = load_raw(Path(path))
     user = [parse_override(o) for o in overrides]
     if workdir is not None:

@@ -1,11 +1,16 @@
 """preprocess: decode every image once into a training-ready uint8 cache.
 
-Outputs (in the stage folder):
-  train.npy, test.npy       uint8 arrays (N, H, W, C), memory-mapped by train and predict
-  index.csv                 id, split, label, row (into the split's array), path
-  classes.json              the label vocabulary, in class-index order
-  sample_submission.csv     the submission template (the competition's, or id,label)
-  report.json               counts, size, channel mode, and every skipped file with its reason
+Outputs, one folder per side (train depends on the train side alone; pipeline.runner):
+  train/images.npy, test/images.npy   uint8 arrays (N, H, W, C), memory-mapped by train and predict
+  train/index.csv, test/index.csv     id, split, label, row (into that side's array), path (relative to data.root)
+  train/classes.json                  the label vocabulary, in class-index order
+  train/report.json                   size, channel mode (chosen from the train images), counts, skipped files
+  test/sample_submission.csv          the submission template (the competition's, or id,label)
+  test/report.json                    test counts and skipped files
+  report.json                         both sides together, for a person to read
+The train side reads only train/ and train.csv; the test side reads only test/ and the sample, at the
+train side's size and channels. When only the test set changed, the runner carries the train side over
+(paths.reused) and this stage builds the test side alone.
 
 Per image: decode -> channel mode -> median filter (salt-and-pepper noise) -> optional crop to the
 object (Canny edges -> contours -> box) -> resize (pad or stretch). Images are processed in worker
@@ -24,10 +29,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import write_csv, write_json
-from pipeline.console import track
-from pipeline.data import discover
-from pipeline.console import console
+from pipeline.artifacts import read_json, write_csv, write_json
+from pipeline.cache import IMAGES
+from pipeline.console import console, track
+from pipeline.data import discover, discover_test
 from pipeline.errors import DataError, StageError
 from pipeline.images import ImageError, bit_depth, decode, is_gray, to_uint8_hwc
 from pipeline.params import Params, PreprocessParams
@@ -189,22 +194,26 @@ def reserve(path: Path) -> None:
             # the filesystem cannot preallocate (EOPNOTSUPP/EINVAL): the free-space check stands alone
 
 
-def check_free_space(out: Path, manifest: pd.DataFrame, hw: tuple[int, int], channels: int) -> None:
+def check_free_space(out: Path, images: int, hw: tuple[int, int], channels: int) -> None:
     """Before decoding anything: the cache must fit on the workdir's disk, with 5% to spare."""
-    needed = len(manifest) * hw[0] * hw[1] * channels * 1.05 + (64 << 20)
+    needed = images * hw[0] * hw[1] * channels * 1.05 + (64 << 20)
     free = shutil.disk_usage(out).free
     if free < needed:
-        raise StageError(f"preprocess: the cache of {len(manifest)} images at {hw[0]}x{hw[1]}x{channels} needs "
+        raise StageError(f"preprocess: the cache of {images} images at {hw[0]}x{hw[1]}x{channels} needs "
                          f"{needed / 2**30:.2f} GiB, {out} has {free / 2**30:.2f} GiB free: free space or lower preprocess.size")
 
 
-def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams, channels: int, hw, workers: int, bits: int = 8):
-    """Write one split's array; return its index rows (with row numbers) and its failures.
+def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams, channels: int, hw, workers: int, root: Path,
+                 bits: int = 8):
+    """Write one split's images.npy into `out`; return its index rows (with row numbers and paths
+    relative to the data root, so a moved folder gives the same index) and its failures.
 
     A failed image leaves its row zero and is absent from the index, so no reader ever sees it."""
     h, w = hw
-    array = np.lib.format.open_memmap(out / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(rows), h, w, channels))
-    reserve(out / f"{split}.npy")
+    out.mkdir(parents=True, exist_ok=True)
+    check_free_space(out, len(rows), hw, channels)
+    array = np.lib.format.open_memmap(out / IMAGES, mode="w+", dtype=np.uint8, shape=(len(rows), h, w, channels))
+    reserve(out / IMAGES)
     index, failures = [], []
     jobs = [(path, p, channels, hw, bits) for path in rows.path]
     # No worker initialiser that touches OpenCV's thread pool: in a child forked from a process that
@@ -212,58 +221,87 @@ def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams,
     with ProcessPoolExecutor(workers) as pool:
         results = pool.map(_load_one, jobs, chunksize=32) if workers > 1 else map(_load_one, jobs)
         for i, (row, (image, error)) in enumerate(track(zip(rows.itertuples(index=False), results), len(rows), f"preprocess {split}")):
+            rel = Path(row.path).relative_to(root).as_posix()
             if image is None:
-                failures.append({"id": row.id, "split": split, "path": row.path, "reason": error})
+                failures.append({"id": row.id, "split": split, "path": rel, "reason": error})
                 continue
             array[i] = image
-            index.append({"id": row.id, "split": split, "label": row.label, "row": i, "path": row.path})
+            index.append({"id": row.id, "split": split, "label": row.label, "row": i, "path": rel})
     array.flush()
-    return index, failures
+    return pd.DataFrame(index, columns=["id", "split", "label", "row", "path"]), failures
 
 
-def run(params: Params, paths) -> dict:
+def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dict:
+    """The train side, from train/ and train.csv alone: the cache geometry (size, channels) is chosen
+    here from the training images, and the test side follows it. Returns the train report."""
     p = params.preprocess
-    data = discover(paths["data"], params.data.id_column, params.data.label_column)
-    manifest = data.manifest
-    workers = p.workers or os.cpu_count() or 1
+    data = discover(root, params.data.id_column, params.data.label_column)
     for note in data.notes:
         console.print(f"[yellow]data:[/] {note}")
-    all_gray, sides, bits = probe(list(manifest.path[manifest.split == "train"]), p.max_pixels)
+    train = data.manifest[data.manifest.split == "train"].reset_index(drop=True)
+    all_gray, sides, bits = probe(list(train.path), p.max_pixels)
     channels = choose_channels(p.channels, all_gray)
     hw = target_hw(auto_size(sides, p.size_range) if p.size == "auto" else p.size)
-    check_free_space(paths.out, manifest, hw, channels)
+    out.mkdir(parents=True, exist_ok=True)
+    check_free_space(out, len(data.manifest), hw, channels)  # both sides, before decoding any
     size_from = f"auto (median train side {int(np.median(sides)) if sides else '?'} px)" if p.size == "auto" else "params"
-
-    index, failures = [], []
-    for split in ("train", "test"):
-        rows = manifest[manifest.split == split].reset_index(drop=True)
-        kept, failed = _cache_split(rows, paths.out, split, p, channels, hw, workers, bits)
-        index += kept
-        failures += failed
-
-    index = pd.DataFrame(index, columns=["id", "split", "label", "row", "path"])
-    classes = [c for c in data.classes if c in set(index.label[index.split == "train"])]
+    index, failures = _cache_split(train, out, "train", p, channels, hw, workers, root, bits)
+    classes = [c for c in data.classes if c in set(index.label)]
     if len(classes) < 2:
         raise DataError(f"preprocess: only {len(classes)} class ({', '.join(classes) or 'none'}) has readable training images "
                         f"after {len(failures)} unreadable files (first: {failures[0]['path'] if failures else '-'}: "
                         f"{failures[0]['reason'] if failures else '-'}); classification needs two")
-    write_csv(paths.out / "index.csv", index)
-    write_json(paths.out / "classes.json", classes)
-    write_csv(paths.out / "sample_submission.csv", data.sample)
-    counts = index.groupby("split").size().to_dict()
+    write_csv(out / "index.csv", index)
+    write_json(out / "classes.json", classes)
     report = {
         "layout": data.layout,
+        "id_column": data.id_column,
+        "label_column": data.label_column,
         "size": list(hw),
         "size_from": size_from,
         "crop": p.crop.enabled,
         "channels": channels,
-        "classes": len(classes),
-        "train_images": int(counts.get("train", 0)),
-        "test_images": int(counts.get("test", 0)),
         "bit_depth": bits,
         "notes": data.notes,
+        "classes": len(classes),
+        "train_images": len(index),
         "skipped": len(failures),
         "failures": failures,
     }
-    write_json(paths.out / "report.json", report)
-    return {k: v for k, v in report.items() if k != "failures"}
+    write_json(out / "report.json", report)
+    return report
+
+
+def build_test_side(params: Params, root: Path, out: Path, train: dict, workers: int) -> dict:
+    """The test side, from test/ and sample_submission.csv alone, at the train side's size and channels."""
+    notes: list[str] = []
+    test, sample = discover_test(root, train["id_column"], train["label_column"], notes)
+    for note in notes:
+        console.print(f"[yellow]data:[/] {note}")
+    index, failures = _cache_split(test, out, "test", params.preprocess, train["channels"], tuple(train["size"]), workers, root,
+                                   train.get("bit_depth", 8))
+    write_csv(out / "index.csv", index)
+    write_csv(out / "sample_submission.csv", sample)
+    report = {"test_images": len(index), "notes": notes, "skipped": len(failures), "failures": failures}
+    write_json(out / "report.json", report)
+    return report
+
+
+def run(params: Params, paths) -> dict:
+    workers = params.preprocess.workers or os.cpu_count() or 1
+    root = Path(paths["data"])
+    if paths.reused:  # the runner carried the finished train side over: only the test set changed
+        train = read_json(paths.out / "train" / "report.json")
+    else:
+        train = build_train_side(params, root, paths.out / "train", workers)
+    test = build_test_side(params, root, paths.out / "test", train, workers)
+    report = {
+        **{k: v for k, v in train.items() if k not in ("skipped", "failures")},
+        "test_images": test["test_images"],
+        "train_side": "carried over (unchanged)" if paths.reused else "built",
+        "notes": train.get("notes", []) + test["notes"],
+        "skipped": train["skipped"] + test["skipped"],
+        "failures": train["failures"] + test["failures"],
+    }
+    write_json(paths.out / "report.json", report)  # both sides, for a person to read
+    return {k: v for k, v in report.items() if k not in ("failures", "id_column", "label_column")}

@@ -20,17 +20,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import atomic_path, write_csv, write_json
+from pipeline.artifacts import write_csv, write_json
 from pipeline.cache import read_classes, read_clusters, read_index, read_probs
 from pipeline.params import Params, PseudoParams
+from pipeline.plots import plt, save_figure
 from pipeline.errors import StageError
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def select(probs: np.ndarray, p: PseudoParams) -> np.ndarray:
@@ -113,7 +111,4 @@ def plot_selection(path: Path, probs: np.ndarray, keep: np.ndarray, classes: lis
         axes[1].axvline(p.threshold, color="k", linestyle="--", label=f"threshold {p.threshold}")
     axes[1].set_title("confidence of test predictions")
     axes[1].legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

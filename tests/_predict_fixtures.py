@@ -29,13 +29,12 @@ def trained(tmp_path_factory) -> Path:
     return workdir
 
 
-def record_edit(path: Path) -> None:
-    """A test's hand edit of a stage output, recorded in that stage's lock as if the stage had written
-    it (outputs are trusted only while their recorded size, mtime and hash match; outs_hash is kept, so
-    the stages downstream stay fresh)."""
+def record_edit(stage_dir: Path) -> None:
+    """A test's hand edits of a stage's outputs, recorded in that stage's lock as if the stage had written
+    them (outputs are trusted only while their recorded size, mtime and hash match; outs_hash and the side
+    hashes are kept, so the stages downstream stay fresh)."""
     from pipeline.artifacts import file_records, read_json, write_json
 
-    folder = Path(path).parent
-    lock = read_json(folder / "lock.json")
-    lock["outs"][Path(path).name] = file_records(folder)[Path(path).name]
-    write_json(folder / "lock.json", lock)
+    lock = read_json(Path(stage_dir) / "lock.json")
+    lock["outs"] = file_records(stage_dir, skip=("lock.json",))
+    write_json(Path(stage_dir) / "lock.json", lock)

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from pipeline import artifacts
+from pipeline.cache import read_arrays, read_index
 from pipeline.cli import app
 from pipeline.data import discover
 from pipeline.errors import DataError, StageError
@@ -134,8 +135,8 @@ def test_16_bit_images_keep_their_brightness_relative_to_the_dataset(tmp_path):
         cv2.imwrite(str(root / "train" / f"{name}.png"), np.full((16, 16), value, np.uint16))
     params, wd = params_for(root, tmp_path / "art", "preprocess.median_ksize=0"), tmp_path / "art"
     run_stage(BY_NAME["preprocess"], params, wd)
-    index = pd.read_csv(wd / "preprocess" / "index.csv", dtype={"id": str})
-    cache = np.load(wd / "preprocess" / "train.npy")
+    index = read_index(wd / "preprocess")
+    cache = read_arrays(wd / "preprocess")["train"]
     row = index.set_index("id")["row"]
     assert cache[row["img000"]].max() == 0 and cache[row["img001"]].max() == 200  # 200 >> 8 and 51200 >> 8
     assert json.loads((wd / "preprocess" / "report.json").read_text())["bit_depth"] == 16

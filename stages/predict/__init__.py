@@ -21,15 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline.artifacts import read_json, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_sample
 from pipeline.console import console, track
-from pipeline.device import resolve_device
+from pipeline.device import autocast_dtype, resolve_device
 from pipeline.params import TTA_VIEWS, Params
 from pipeline.errors import StageError
+from stages.predict.compatible import check_runs
 from stages.predict.correction import correct
-from stages.predict.ensemble import Member, find_members, fit_weights, load_model, log_loss, predict_views, read_oof
+from pipeline.blend import fit_weights, log_loss
+from stages.predict.ensemble import Member, find_members, load_model, predict_views, read_oof
 from stages.predict.plots import plot_predictions
 from stages.predict.submission import build_submission, sample_format, write_submission
 from stages.predict.tta import MERGES, expand, merge
@@ -73,9 +76,14 @@ class Context:
         self.arrays = read_arrays(pre)
         self.row_of = {s: self.index[self.index.split == s].set_index("id")["row"] for s in ("train", "test")}
         self.run_dirs = [Path(paths["train"])] + [Path(r).expanduser() for r in self.p.runs]
+        check_runs(pre, self.run_dirs[1:])
         self.members, self.missing = find_members(self.run_dirs)
         self.device = resolve_device(self.p.device)
-        self.amp = self.p.amp and self.device.type == "cuda"
+        self.amp = autocast_dtype(self.p.amp, self.device)
+        self.seed = params.seed  # the OOF sample TTA is measured on
+        self.train_labels = self.index[self.index.split == "train"].set_index("id")["label"]
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every batch has the same shape: cudnn's fastest kernels, found once
         self.run_weight = {str(r): 1.0 / len(self.run_dirs) for r in self.run_dirs}
         self.how = "mean_prob"  # the TTA merge; choose_tta's pick replaces it
 
@@ -131,7 +139,7 @@ def oof_view_logits(ctx: Context, groups: list[str]) -> tuple[dict[str, np.ndarr
     if not ids:
         raise StageError(f"no out-of-fold rows shared by the runs {', '.join(oofs)} to measure TTA on (empty oof.csv?)")
     if ctx.p.tta_oof_images and len(ids) > ctx.p.tta_oof_images:
-        ids = sorted(np.random.default_rng(0).choice(ids, ctx.p.tta_oof_images, replace=False))
+        ids = sorted(np.random.default_rng(ctx.seed).choice(ids, ctx.p.tta_oof_images, replace=False))
     position = pd.Series(np.arange(len(ids)), index=ids)
     y = next(iter(oofs.values())).loc[ids, "label"].map({c: i for i, c in enumerate(ctx.classes)}).to_numpy()
     logits = {r: np.zeros((len(views), len(ids), len(ctx.classes)), dtype=np.float32) for r in oofs}
@@ -212,59 +220,88 @@ def check(params: Params, data) -> None:
 
 
 def run(params: Params, paths) -> dict:
+    """The story: ensemble's OOF, TTA chosen on it, the test predicted, corrected, written, summarised."""
     ctx = Context(params, paths)
-    pre, out = paths["preprocess"], paths.out
     if ctx.missing:
         console.print(f"[yellow]missing folds[/] (predicting with the {len(ctx.members)} that finished): {', '.join(ctx.missing)}")
     weights = fit_run_weights(ctx)
+    oof = score_oof(ctx, paths.out)
+    tta = pick_tta(ctx, paths.out)
+    probs, ids = predict_test(ctx, tta.views)
+    probs, ids, unread = fill_unread(ctx, paths["preprocess"], probs, ids)
+    probs, changes = correct(probs, ids, read_clusters(paths["dedup"]), ctx.train_labels, ctx.classes, ctx.p.leak_label,
+                             ctx.p.consistent_clusters)
+    write_csv(paths.out / "corrections.csv", changes)
+    probs, submission = write_outputs(ctx, paths, probs, ids)
+    summary = summarize(ctx, paths, weights, oof, tta, submission, probs, unread, changes)
+    plot_predictions(paths.out / "predictions.png", probs, ctx.classes, ctx.train_labels, tta.table, ("+".join(tta.groups), ctx.how))
+    return summary
+
+
+def score_oof(ctx: Context, out: Path) -> dict:
+    """The ensemble's out-of-fold probabilities (oof.csv: the distillation teacher) and their scores."""
     oof = ensemble_oof(ctx)
     write_csv(out / "oof.csv", oof)
     y = oof.label.map({c: i for i, c in enumerate(ctx.classes)}).to_numpy()
-    oof_probs = oof[[f"p_{c}" for c in ctx.classes]].to_numpy()
-    oof_accuracy, oof_log_loss = float((oof_probs.argmax(1) == y).mean()), log_loss(oof_probs, y)
+    probs = oof[[f"p_{c}" for c in ctx.classes]].to_numpy()
+    return {"ensemble oof accuracy (no TTA)": float((probs.argmax(1) == y).mean()), "ensemble oof log loss (no TTA)": log_loss(probs, y)}
 
+
+@dataclass
+class TtaChoice:
+    groups: list[str]  # the chosen view groups
+    views: list  # the views they expand to
+    table: pd.DataFrame  # every candidate measured on OOF
+    identity: pd.Series  # the no-TTA row of the table
+    chosen: pd.Series  # the chosen row
+
+
+def pick_tta(ctx: Context, out: Path) -> TtaChoice:
+    """TTA views and merge measured on out-of-fold images (tta_oof.csv); sets ctx.how."""
     groups, ctx.how, table = choose_tta(ctx)
     write_csv(out / "tta_oof.csv", table)
     identity = table[table.views == "identity"].sort_values("accuracy").iloc[-1]
     chosen = table[(table.views == "+".join(groups)) & (table["merge"] == ctx.how)].iloc[0]
-    views = expand(groups, ctx.p.tta_shift, ctx.p.tta_scale, ctx.p.tta_crop)
-    probs, ids = predict_test(ctx, views)
+    return TtaChoice(groups, expand(groups, ctx.p.tta_shift, ctx.p.tta_scale, ctx.p.tta_crop), table, identity, chosen)
 
-    # Test images preprocess could not read still need a row: they get the training prior.
-    sample = pd.read_csv(pre / "sample_submission.csv", dtype=str, keep_default_na=False)
-    id_col = sample.columns[0]
-    train_labels = ctx.index[ctx.index.split == "train"].set_index("id")["label"]
-    predicted_ids = set(ids)
-    unread = [i for i in sample[id_col] if i not in predicted_ids]
+
+def fill_unread(ctx: Context, pre: Path, probs: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Test images preprocess could not read still need a row: they get the training prior."""
+    sample = read_sample(pre)
+    predicted = set(ids)
+    unread = [i for i in sample[sample.columns[0]] if i not in predicted]
     if unread:
-        prior = train_labels.value_counts(normalize=True).reindex(ctx.classes, fill_value=0).to_numpy()
-        ids = ids + unread
-        probs = np.vstack([probs, np.tile(prior, (len(unread), 1))])
+        prior = ctx.train_labels.value_counts(normalize=True).reindex(ctx.classes, fill_value=0).to_numpy()
+        ids, probs = ids + unread, np.vstack([probs, np.tile(prior, (len(unread), 1))])
+    return probs, ids, unread
 
-    clusters = read_clusters(paths["dedup"])
-    probs, changes = correct(probs, ids, clusters, train_labels, ctx.classes, ctx.p.leak_label, ctx.p.consistent_clusters)
-    write_csv(out / "corrections.csv", changes)
 
-    # probs.csv follows the sample's id order, like the submission.
+def write_outputs(ctx: Context, paths, probs: np.ndarray, ids: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """probs.csv and submission.csv, both in the sample's id order; the submission validated on disk."""
+    sample = read_sample(paths["preprocess"])
     order = {i: k for k, i in enumerate(ids)}
-    ids = sample[id_col].tolist()
+    ids = sample[sample.columns[0]].tolist()
     probs = probs[[order[i] for i in ids]]
     frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in ctx.classes])
     frame.insert(0, "id", ids)
-    write_csv(out / "probs.csv", frame)
+    write_csv(paths.out / "probs.csv", frame)
     submission = build_submission(sample, ids, probs, ctx.classes, ctx.p.submission)
-    write_submission(out / "submission.csv", submission, sample, ctx.classes, ctx.p.submission)
+    write_submission(paths.out / "submission.csv", submission, sample, ctx.classes, ctx.p.submission)
+    return probs, submission
 
+
+def summarize(ctx: Context, paths, weights: dict, oof: dict, tta: TtaChoice, submission: pd.DataFrame, probs: np.ndarray,
+              unread: list[str], changes: pd.DataFrame) -> dict:
+    """The stage summary (printed) and summary.json (with the whole class distribution)."""
     predicted = pd.Series([ctx.classes[k] for k in probs.argmax(1)])
-    leaks_reported = len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", []))
+    identity, chosen = tta.identity, tta.chosen
     summary = {
         "members": len(ctx.members),
         "runs": len(ctx.run_dirs),
         "missing folds": ctx.missing,
         **weights,
-        "ensemble oof accuracy (no TTA)": oof_accuracy,
-        "ensemble oof log loss (no TTA)": oof_log_loss,
-        "tta views": "+".join(groups) + f" ({len(views)} views, {ctx.how})",
+        **oof,
+        "tta views": "+".join(tta.groups) + f" ({len(tta.views)} views, {ctx.how})",
         "tta chosen by": f"OOF {ctx.p.tta_metric} (auto)" if ctx.p.tta == "auto" else "params",
         "oof images measured": int(chosen.n_images),
         "oof accuracy without TTA": float(identity.accuracy),
@@ -273,13 +310,36 @@ def run(params: Params, paths) -> dict:
         "oof log loss without/with TTA": f"{identity.log_loss:.4f} / {chosen.log_loss:.4f}",
         "test images": len(submission),
         "filled with prior (unreadable)": len(unread),
-        "train-test leaks (dedup report)": leaks_reported,
+        "train-test leaks (dedup report)": len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", [])),
         "corrected by leak label": int((changes.rule == "leak").sum()),
         "corrected by cluster consistency": int((changes.rule == "cluster").sum()),
         "predictions changed by correction": int((changes.before != changes.after).sum()),
         "mean confidence": float(probs.max(1).mean()),
         "predicted classes": predicted.value_counts().head(10).to_dict(),
     }
-    write_json(out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
-    plot_predictions(out / "predictions.png", probs, ctx.classes, train_labels, table, ("+".join(groups), ctx.how))
-    return summary
+    write_json(paths.out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
+    return human_summary(summary)
+
+
+def human_summary(summary: dict) -> dict:
+    """The one-screen version of summary.json: the ensemble's OOF score (the CV to quote) first, then how
+    TTA and the ensemble were chosen, then what happened to the test set; related numbers on one line."""
+    corrections = summary["corrected by leak label"] + summary["corrected by cluster consistency"]
+    weights = {k.removeprefix("weight "): v for k, v in summary.items() if k.startswith("weight ")}
+    return {
+        "oof accuracy (ensemble + TTA)": f"{summary['oof accuracy with TTA']:.4f} ({summary['oof TTA gain']:+.4f} from TTA, "
+                                         f"on {summary['oof images measured']} images)",
+        "oof log loss without/with TTA": summary["oof log loss without/with TTA"],
+        "tta": f"{summary['tta views']}, chosen by {summary['tta chosen by']}",
+        "members": f"{summary['members']} fold models from {summary['runs']} run(s)"
+                   + (f"; missing: {', '.join(summary['missing folds'])}" if summary["missing folds"] else ""),
+        **({"run weights (oof)": weights} if weights else {}),
+        "test images": f"{summary['test images']}" + (f" ({summary['filled with prior (unreadable)']} unreadable, given the train prior)"
+                                                      if summary["filled with prior (unreadable)"] else ""),
+        "corrections": f"{corrections} test images ({summary['corrected by leak label']} by leak label, "
+                       f"{summary['corrected by cluster consistency']} by cluster); {summary['predictions changed by correction']} "
+                       f"predictions changed (predict/corrections.csv)",
+        "mean confidence": summary["mean confidence"],
+        "predicted classes (top 10)": summary["predicted classes"],
+        "written": "submission.csv, probs.csv, summary.json (every number), predictions.png",
+    }

@@ -27,13 +27,15 @@ import pandas as pd
 import torch
 
 from pipeline import distributed as ddp
-from pipeline.artifacts import file_records, folder_lock, read_json, replace_dir, write_csv, write_json
+from pipeline.artifacts import file_records, finished_folds, folder_lock, read_json, replace_dir, write_csv, write_json
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows
-from pipeline.console import console
+from pipeline.console import RunClock, console
 from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
-from pipeline.runner import finished_folds
+from pipeline.weights import Weights, resolve_weights, weights_norm
+from stages.train import tensorboard
+from stages.train.data import data_workers, usable_cores
 from stages.train.distill import load_teacher
 from stages.train.folds import assign_folds
 from stages.train.rows import RowStack, Rows, TrainData, concat, extra_rows
@@ -42,19 +44,36 @@ PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later st
 
 
 def check(params: Params, data=None) -> None:
-    """Before any work (pipeline.checks): the model and its pretrained weights (folds and devices are
-    checked there)."""
-    from stages.train.model import check_model
+    """Before any work (pipeline.checks; folds and devices are checked there): timm knows the model, the
+    pretrained weights can be had and fit it, the TensorBoard option works."""
+    from pipeline.weights import check_pretrained
+    from stages.train.model import check_model_name, readable_weights
 
-    check_model(params.train)
-
-
-def load_data(params: Params, paths) -> tuple[TrainData, pd.DataFrame]:
-    """Everything that may train (stages.train.rows), its pixels, and the labelled table for the OOF file."""
     p = params.train
+    check_model_name(p.model)
+    tensorboard.check(p.tensorboard)
+    if p.pretrained not in (None, False):
+        readable_weights(p, lambda: check_pretrained(p))
+
+
+def prepare_weights(params: Params) -> Weights:
+    """Find the pretrained weights (downloading them when online), or stop before any fold trains."""
+    from stages.train.model import readable_weights
+
+    return readable_weights(params.train, lambda: resolve_weights(params.train))
+
+
+def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[TrainData, pd.DataFrame]:
+    """Everything that may train (stages.train.rows), its pixels, the labelled table for the OOF file, and
+    how timm loads the weights (checked here, before any fold; resolved here when not given)."""
+    p = params.train
+    weights = weights if weights is not None else resolve_weights(p)
     pre = paths["preprocess"]
-    index, classes, arrays = read_index(pre), read_classes(pre), read_arrays(pre)
-    clusters = read_clusters(paths["dedup"])
+    # Without pseudo or teacher-taught test rows train reads the train side alone (the runner says which).
+    sides = paths.sides("preprocess")
+    index, classes, arrays = read_index(pre, sides), read_classes(pre), read_arrays(pre, sides)
+    arrays.setdefault("test", np.zeros((0, *arrays["train"].shape[1:]), np.uint8))
+    clusters = read_clusters(paths["dedup"], sides)
     train = index[index.split == "train"].merge(clusters[["id", "cluster", "weight"]], on="id")
     train = train[train.weight > 0].reset_index(drop=True)
     if len(train) < p.folds:
@@ -86,11 +105,17 @@ def load_data(params: Params, paths) -> tuple[TrainData, pd.DataFrame]:
         sources["pseudo"] = pseudo.ids
     if params.distill.teacher:
         add_teacher(parts, sources, params, index, clusters, classes, test_offset)
+    from stages.train.model import weight_loading
+
     recipe = paths["augment"] / "gpu_augment.json"
+    shape = arrays["train"].shape
     data = TrainData(rows=concat(list(parts.values())), pixels=RowStack([arrays["train"], copies, arrays["test"]]), classes=classes,
                      transform=A.load(str(paths["augment"] / "transform.json"), data_format="json"),
                      gpu_recipe=read_json(recipe) if recipe.is_file() else None,
-                     norm=normalisation(arrays["train"], p.norm, params.seed, p.norm_sample))
+                     norm=normalisation(arrays["train"], p.norm, params.seed, p.norm_sample,
+                                        pretrained=weights_norm(weights, p.model) if p.norm == "pretrained" else None),
+                     weights={"kind": weights.kind, "identity": weights.identity, "source": weights.source, "note": weights.note},
+                     loading=weight_loading(p, weights, len(classes), shape[3], tuple(shape[1:3])))
     return data, train
 
 
@@ -112,33 +137,48 @@ def add_teacher(parts: dict, sources: dict, params: Params, index, clusters, cla
 def run(params: Params, paths) -> dict:
     from stages.train.loop import train_fold
 
-    data, train = load_data(params, paths)
+    weights = prepare_weights(params)
+    if ddp.is_main():
+        console.print(f"train: {params.train.model} {weights.describe()}")
+    data, train = load_data(params, paths, weights)
     device = ddp.local_device(resolve_device(params.train.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = params.train.cudnn_benchmark
     folds = range(params.train.folds) if params.train.fold is None else [params.train.fold]
+    finished = finished_folds(paths.out, getattr(paths, "key", ""))  # e.g. by an earlier --fold job
+    clock = RunClock(total_epochs=params.train.epochs * len([k for k in folds if k not in finished]))
     with ddp.session(params.train.dist_timeout, device) as world:
         params = resolve_batch_size(params, data, device, world.size)
         path, why = data_path(params.train, data, device)
         p = params.train
         if world.main:
             console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
-                          + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {list(folds)}")
-            console.print(f"train: data path {path}: {why}")
+                          + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {', '.join(map(str, folds))}")
+            workers = f"; loader workers {data_workers('auto')} (auto: {usable_cores()} cores)" if p.workers == "auto" and path == "loader" else ""
+            console.print(f"train: data path {path}: {why}{workers}")
         trained = []
         for fold in folds:
-            if fold in finished_folds(paths.out, getattr(paths, "key", "")):  # e.g. by an earlier --fold job
+            if fold in finished:
                 console.print(f"fold {fold}: finished earlier with these params and inputs, kept (`pipeline run --force` retrains it)")
                 continue
-            probs = train_fold(fold, data, params, paths.out / PARTIAL, device, path)
+            probs = train_fold(fold, data, params, paths.out / PARTIAL, device, path, clock)
             trained.append(fold)
             if world.main:
                 finish_fold(fold, probs, data, train, params, paths, {"data_path": path, "batch_size": p.batch_size})
     if not world.main:
         return {}
+    remove_if_empty(paths.out / PARTIAL)
     with folder_lock(paths.out):
         result = summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
     return {**result, "data path": f"{path} ({why})", "batch size": p.batch_size}
+
+
+def remove_if_empty(folder) -> None:
+    """.partial/ holds unfinished folds only; once every fold is renamed into place it goes too."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or another job's fold is still training in it
+        pass
 
 
 def resolve_batch_size(params: Params, data: TrainData, device: torch.device, world_size: int) -> Params:
@@ -150,7 +190,7 @@ def resolve_batch_size(params: Params, data: TrainData, device: torch.device, wo
     from stages.train.model import create_model
 
     shape = (data.pixels.shape[3], *data.pixels.shape[1:3])
-    batch, why = auto_batch(lambda: create_model(p, len(data.classes), shape[0]), shape, len(data.classes), p, device, world_size)
+    batch, why = auto_batch(lambda: create_model(p, len(data.classes), shape[0], None, shape[1:]), shape, len(data.classes), p, device, world_size)
     batch = ddp.from_main(batch)
     console.print(f"train.batch_size = auto: {batch} ({why})")
     return params.model_copy(update={"train": p.model_copy(update={"batch_size": batch})})
@@ -191,19 +231,47 @@ def finish_fold(fold: int, probs: np.ndarray, data: TrainData, train: pd.DataFra
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
     plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
-    # The fold's files as written, so a later run keeps this fold only while they are intact.
+    # files: the fold's files as written, so a later run keeps this fold only while they are intact.
     write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), **how,  # how: data path, batch size
-                                       "files": file_records(partial)})
+                                       "weights": data.weights, "files": file_records(partial)})
     replace_dir(partial, paths.out / f"fold{fold}")
 
 
 def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
-    """oof.csv, cv.json and confusion.png from every finished fold of this recipe (call under the lock)."""
-    from stages.train import plots
+    """oof.csv, cv.json, confusion.png and top_losses.png from every finished fold of this recipe (call
+    under the lock); returns the stage summary, CV first, epochs 1-based."""
+    from stages.train import plots, top_losses
     from stages.train.metrics import compute
 
     p, out = params.train, paths.out
-    key = getattr(paths, "key", "")
+    folds = current_folds(out, getattr(paths, "key", ""))
+    classes = read_classes(paths["preprocess"])
+    oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False) for k in folds],
+                    ignore_index=True)
+    to_idx = {c: i for i, c in enumerate(classes)}
+    columns = [f"p_{c}" for c in classes]
+    table = [fold_row(out, fold, oof[oof.fold == fold], to_idx, columns, p.metric) for fold in folds]
+    write_csv(out / "oof.csv", oof)
+    y = oof.label.map(to_idx).to_numpy()
+    probs = oof[columns].to_numpy()
+    overall = compute(y, probs)
+    plots.confusion(y, probs.argmax(1), classes, out / "confusion.png")
+    top_losses.write(out / "top_losses.png", oof, classes, paths["preprocess"], paths["dedup"])
+    values = [row[p.metric] for row in table]
+    missing = [k for k in range(p.folds) if k not in folds]
+    cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
+          "per_fold": {str(row["fold"]): row[p.metric] for row in table}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
+    write_json(out / "cv.json", cv)
+    return {f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f} over {len(folds)} of {p.folds} folds",
+            "oof": {"accuracy": round(overall["accuracy"], 4), "macro-F1": round(overall["macro_f1"], 4), "log loss": round(overall["log_loss"], 4)},
+            "folds": table, "missing folds": missing or "none", "model": model,
+            "trained in this run": [f"fold {k}" for k in trained] or "none (every fold was finished)",
+            "plots": "train/confusion.png, train/top_losses.png, train/fold<k>/curves.png"}
+
+
+def current_folds(out, key: str) -> list[int]:
+    """The finished folds trained with this key; finished folds of another recipe are removed, as a full
+    rerun would replace them."""
     folds = []
     for fold in finished_folds(out):
         if read_json(out / f"fold{fold}" / "fold.json")["key"] == key:
@@ -211,30 +279,15 @@ def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
         else:
             console.print(f"[yellow]removed[/] {out / f'fold{fold}'}: trained with other params or inputs")
             shutil.rmtree(out / f"fold{fold}")
-    classes = read_classes(paths["preprocess"])
-    oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False) for k in folds],
-                    ignore_index=True)
-    to_idx = {c: i for i, c in enumerate(classes)}
-    columns = [f"p_{c}" for c in classes]
-    per_fold, speed, epochs = {}, [], {}
-    for fold in folds:
-        rows = oof[oof.fold == fold]
-        per_fold[fold] = compute(rows.label.map(to_idx).to_numpy(), rows[columns].to_numpy())[p.metric]
-        history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
-        speed.append(float(history.images_per_s.median()))
-        best_row = history[f"val_{p.metric}"].idxmin() if p.metric == "log_loss" else history[f"val_{p.metric}"].idxmax()
-        epochs[fold] = f"{int(history.epoch[best_row])}/{len(history)}"
-    write_csv(out / "oof.csv", oof)
-    y = oof.label.map(to_idx).to_numpy()
-    probs = oof[columns].to_numpy()
-    overall = compute(y, probs)
-    plots.confusion(y, probs.argmax(1), classes, out / "confusion.png")
-    values = list(per_fold.values())
-    missing = [k for k in range(p.folds) if k not in folds]
-    cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
-          "per_fold": {str(k): v for k, v in per_fold.items()}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
-    write_json(out / "cv.json", cv)
-    return {"model": model, "folds trained": len(trained), "folds in the summary": folds,
-            "folds missing": ", ".join(map(str, missing)) or "none", "best epoch / epochs run": epochs,
-            "train images/s (median epoch)": f"{np.mean(speed):.0f}", f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f}",
-            "oof accuracy": overall["accuracy"], "oof macro-F1": overall["macro_f1"], "oof log-loss": overall["log_loss"]}
+    return folds
+
+
+def fold_row(out, fold: int, rows: pd.DataFrame, to_idx: dict, columns: list[str], metric: str) -> dict:
+    """One line of the summary's fold table: its best checkpoint's score, which epoch (1-based), speed."""
+    from stages.train.metrics import compute
+    from stages.train.plots import best_epoch
+
+    history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
+    score = compute(rows.label.map(to_idx).to_numpy(), rows[columns].to_numpy())[metric]
+    return {"fold": fold, metric: round(score, 4), "best epoch": f"{int(history.epoch[best_epoch(history, metric)]) + 1} of {len(history)}",
+            "img/s": int(round(float(history.images_per_s.median()))), "minutes": round(float(history.seconds.sum()) / 60, 1)}

@@ -23,28 +23,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm.optim
 import torch
 from timm.data import Mixup
 
 from pipeline import distributed as ddp
 from pipeline.artifacts import write_csv
-from pipeline.console import EpochResult, console, progress_bar, report_epoch
+from pipeline.console import EpochReporter, EpochResult, RunClock, console, report_epoch
 from pipeline.device import autocast_dtype
 from pipeline.errors import StageError
 from pipeline.params import Params
-from stages.train import checkpoint, curriculum, distill, losses, metrics, schedule
+from stages.train import checkpoint, curriculum, distill, losses, metrics, plots, schedule
 from stages.train.batch_size import scaled_lr
-from stages.train.data import CacheDataset, LoaderBatches, epoch_order, sampling_weights
+from stages.train.data import CacheDataset, LoaderBatches, data_workers, epoch_order, sampling_weights
 from stages.train.ema import Ema
 from stages.train.gpu_augment import DeviceBatches
-from stages.train.model import apply_freezing, create_model, param_groups
+from pipeline.weights import input_size_kwargs
+from stages.train.model import apply_freezing, create_model, create_optimizer
 from stages.train.rows import Rows, TrainData
 
 # Settings that change how fast a fold trains, not what it learns: a last.pt written under other
 # values of these still resumes (an fp16 run resumed under bf16 simply starts with an empty scaler).
 EXECUTION_KEYS = {"amp", "compile", "channels_last", "cudnn_benchmark", "gpu_augment", "gpu_cache_fraction", "workers", "device",
-                  "log_every", "checkpoint_every", "eval_batch_size", "dist_timeout", "fold", "batch_size_max"}
+                  "log_every", "checkpoint_every", "eval_batch_size", "dist_timeout", "fold", "batch_size_max", "tensorboard"}
 
 
 def seed_everything(seed: int) -> None:
@@ -123,7 +123,17 @@ class Progress:
     since_write: float = 0.0  # training seconds since then
 
 
-def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, device: torch.device, path: str) -> np.ndarray:
+def tensorboard_scalars(enabled: bool, fold_dir: Path):
+    """The fold's TensorBoard writer (rank 0 only), or None; train.tensorboard was checked before any work."""
+    if not enabled or not ddp.is_main():
+        return None
+    from stages.train.tensorboard import Scalars
+
+    return Scalars(fold_dir / "tensorboard")
+
+
+def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, device: torch.device, path: str,
+               clock: RunClock | None = None) -> np.ndarray:
     """Train one fold on the `path` ("device" or "loader") chosen for the run; returns the best
     checkpoint's validation probabilities (OOF rows)."""
     p = params.train
@@ -131,14 +141,16 @@ def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
     progress = resume(fold, params)
     if p.curriculum and progress.start_epoch < p.epochs:
         fold.difficulty = rank_difficulty(fold, data, params, device)
-    with progress_bar() as bar:
-        task = bar.add_task(f"fold {fold_index}", total=p.epochs, completed=progress.start_epoch, info="")
+    if clock is not None:
+        clock.skip(progress.start_epoch)  # epochs a resumed fold already trained are not in the run's ETA
+    with EpochReporter(f"fold {fold_index}", p.epochs, progress.start_epoch, clock, tensorboard_scalars(p.tensorboard, fold.dir)) as report:
         for epoch in range(progress.start_epoch, p.epochs):
             if p.patience and progress.stale >= p.patience:
                 console.print(f"fold {fold_index}: early stop, no improvement in {p.patience} epochs")
+                report.stopped_early(epoch)
                 break
             t0 = time.perf_counter()
-            train_loss, images_per_s, frozen, fraction = train_one_epoch(fold, params, epoch, progress, bar, task)
+            train_loss, images_per_s, frozen, fraction = train_one_epoch(fold, params, epoch, progress, report)
             probs = evaluate(fold, p.eval_batch_size)
             scores = metrics.compute(fold.val_labels, probs)
             progress.history.append({"epoch": epoch, "lr": fold.lr_at(max(0, progress.step - 1), p), "train_loss": train_loss,
@@ -146,7 +158,7 @@ def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
                                      "seconds": time.perf_counter() - t0, "images_per_s": images_per_s, "pool": fraction, "frozen": frozen})
             save(fold, params, progress, epoch, probs, scores[p.metric], time.perf_counter() - t0)
             report_epoch(EpochResult(fold_index, epoch, p.epochs, train_loss, scores["log_loss"], p.metric, scores[p.metric],
-                                     progress.best, images_per_s, time.perf_counter() - t0), bar, task)
+                                     progress.best, images_per_s, time.perf_counter() - t0, progress.history[-1]), report)
     if progress.history and progress.saved_after != progress.history[-1]["epoch"]:
         write_last(fold, params, progress, progress.history[-1]["epoch"])  # an early stop between checkpoints
     return progress.best_probs
@@ -172,19 +184,19 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
         source = DeviceBatches(data.pixels, part.rows, val_rows, data.gpu_recipe, data.norm, device)
     else:
         dataset = CacheDataset(data.pixels, part.rows, part.labels, data.transform)
-        source = LoaderBatches(dataset, batch_size, p.workers, drop_last, seed, data.norm, device, data.pixels, val_rows)
-    model = create_model(p, len(data.classes), data.pixels.shape[3]).to(device)
+        source = LoaderBatches(dataset, batch_size, data_workers(p.workers), drop_last, seed, data.norm, device, data.pixels, val_rows)
+    model = create_model(p, len(data.classes), data.pixels.shape[3], data.loading, tuple(data.pixels.shape[1:3])).to(device)
     if p.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     lr = scaled_lr(p, p.batch_size)
-    optimizer = timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay,
-                                               momentum=p.momentum, **fused_kwargs(p.optimizer, device.type))
+    optimizer = create_optimizer(model, p, lr, **fused_kwargs(p.optimizer, device.type))
     amp = autocast_dtype(p.amp, device)
     class_weight = losses.class_weights(part.labels, len(data.classes), p.class_weights)
     warmup = int(p.warmup_epochs * steps_per_epoch)
     if ddp.is_main():
-        schedule.plot(fold_dir / "lr_schedule.png", p.epochs * steps_per_epoch, warmup, lr, p, steps_per_epoch)
-    meta = {"model": p.model, "classes": data.classes, "in_chans": int(data.pixels.shape[3]), "norm": data.norm,
+        plots.lr_schedule(fold_dir / "lr_schedule.png", p.epochs * steps_per_epoch, warmup, lr, p, steps_per_epoch)
+    meta = {"model": p.model, "classes": data.classes, "in_chans": int(data.pixels.shape[3]), "norm": data.norm, "weights": data.weights,
+            "model_kwargs": input_size_kwargs(p.model, tuple(data.pixels.shape[1:3])),  # predict builds the same architecture
             "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold_index}
     return Fold(fold_index, fold_dir, seed, part, val_rows, data.rows.labels[val_idx], model,
                 ddp.Forward(model, device, p.sync_bn, p.compile and device.type == "cuda"), optimizer,
@@ -235,7 +247,7 @@ def rank_difficulty(fold: Fold, data: TrainData, params: Params, device: torch.d
     """Curriculum difficulty of the training rows (one global order for every rank)."""
     difficulty = curriculum.difficulty(params.train.curriculum_score, array=data.pixels, rows=fold.part.rows, targets=fold.part.labels,
                                        ids=fold.part.ids, norm=data.norm, p=params.train, classes=data.classes, device=device,
-                                       seed=fold.seed)
+                                       seed=fold.seed, loading=data.loading)
     seed_everything(fold.seed)
     return ddp.from_main(difficulty)
 
@@ -252,7 +264,7 @@ def epoch_batches(fold: Fold, p, epoch: int):
     return share, fold.source.epoch(share.order, seed), fraction
 
 
-def train_one_epoch(fold: Fold, params: Params, epoch: int, progress: Progress, bar, task) -> tuple[float, float, str, float]:
+def train_one_epoch(fold: Fold, params: Params, epoch: int, progress: Progress, report: EpochReporter) -> tuple[float, float, str, float]:
     """One pass over the epoch's batches -> (mean train loss, images/s, freezing state, pool fraction).
     The loss stays on the device; it is read (and checked finite) every log_every steps and at the end."""
     p = params.train
@@ -269,8 +281,8 @@ def train_one_epoch(fold: Fold, params: Params, epoch: int, progress: Progress, 
             optimiser_step(fold, p, progress)
         meter.add(loss, len(x))
         if (i + 1) % p.log_every == 0:
-            meter.check(progress.step, bar, task)
-    meter.check(progress.step, bar, task)
+            meter.check(progress.step, report)
+    meter.check(progress.step, report)
     train_loss, images_per_s = meter.finish()
     return train_loss, images_per_s, frozen, fraction
 
@@ -328,13 +340,13 @@ class LossMeter:
         self.total += loss.detach() * n
         self.seen += n
 
-    def check(self, step: int, bar, task) -> None:
+    def check(self, step: int, report: EpochReporter) -> None:
         """Read the running loss; stop every rank together when it is not finite."""
         self.value = self.total.item()
         if ddp.any_rank(not np.isfinite(self.value)):
             raise StageError(f"fold {self.fold.index}: loss is {self.value} at epoch {self.epoch}, by step {step}; stopped, "
                              f"last good checkpoint kept in {self.fold.dir / 'last.pt'} (lower train.lr or set train.grad_clip)")
-        bar.update(task, info=f"loss {self.value / max(1, self.seen):.3f}  {self.seen / (time.perf_counter() - self.t0):.0f} img/s")
+        report.batch(f"loss {self.value / max(1, self.seen):.3f}  {self.seen / (time.perf_counter() - self.t0):.0f} img/s")
 
     def finish(self) -> tuple[float, float]:
         seconds = time.perf_counter() - self.t0

@@ -13,7 +13,7 @@ RowStack reads them as one without copying the memory-mapped cache into memory.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -109,3 +109,5 @@ class TrainData:
     transform: Any  # the albumentations pipeline (CPU path)
     gpu_recipe: dict | None  # the same recipe for the device path
     norm: dict  # input mean/std
+    weights: dict = field(default_factory=dict)  # the pretrained weights' kind, identity, source and why (pipeline.weights)
+    loading: dict = field(default_factory=dict)  # how timm loads them into each fold's model (stages.train.model.weight_loading)
