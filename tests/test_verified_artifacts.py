@@ -78,17 +78,17 @@ def test_a_damaged_checkpoint_is_stale_and_only_that_fold_is_retrained(workdir, 
 
 def test_a_touched_but_unchanged_output_stays_fresh(workdir):
     wd, params, _ = workdir
-    clusters = wd / "dedup" / "clusters.csv"
+    clusters = wd / "dedup" / "train" / "clusters.csv"
     os.utime(clusters, ns=(0, 12345))  # a copy or a touch moves the mtime; the content decides
     assert stage_status(BY_NAME["dedup"], params(), wd)[0] == "fresh"
 
 
 def test_a_stage_refuses_a_damaged_upstream_output(workdir):
     wd, _, overrides = workdir
-    (wd / "preprocess" / "index.csv").write_text("id,split,label,row,path\n")
+    (wd / "preprocess" / "train" / "index.csv").write_text("id,split,label,row,path\n")
     result = cli(wd, overrides, "dedup")
     assert result.exit_code == 2
-    assert "preprocess, whose output index.csv modified since the run" in result.output
+    assert "preprocess, whose output train/index.csv modified since the run" in result.output
 
 
 def test_predict_refuses_a_fold_of_another_recipe_naming_it(workdir):
