@@ -147,7 +147,10 @@ def weights(
     to: Annotated[Optional[Path], typer.Option("--to", help="folder to write DIR/<model>/ into (attach it as a Kaggle dataset)")] = None,
     list_: Annotated[Optional[str], typer.Option("--list", help="list timm models with pretrained weights matching PATTERN, e.g. 'convnext*'")] = None,
 ) -> None:
-    """Copy (from the Hugging Face cache) or download models' weights into DIR/<model> for offline training."""
+    """Copy (from the Hugging Face cache) or download models' weights into DIR/<model> for offline training.
+
+    Example: pipeline weights convnext_tiny.fb_in22k --to kaggle-weights
+    """
     from pipeline.weights_export import export_weights, list_weights
 
     if list_ is not None:
