@@ -10,6 +10,7 @@ import pandas as pd
 
 from pipeline.artifacts import read_json
 from pipeline.errors import StageError
+from pipeline.tasks import Task, from_json
 
 
 def read_index(preprocess_dir: Path) -> pd.DataFrame:
@@ -22,6 +23,14 @@ def read_arrays(preprocess_dir: Path) -> dict[str, np.ndarray]:
 
 def read_classes(preprocess_dir: Path) -> list[str]:
     return [str(c) for c in read_json(Path(preprocess_dir) / "classes.json")]
+
+
+def read_task(preprocess_dir: Path) -> Task:
+    """The task kind preprocess settled (a cache from before task.json is single-label)."""
+    path = Path(preprocess_dir) / "task.json"
+    if not path.is_file():
+        return Task(kind="single_label", why="cache without task.json", separator=" ", top_k=1)
+    return from_json(read_json(path))
 
 
 def read_clusters(dedup_dir: Path) -> pd.DataFrame:

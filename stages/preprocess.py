@@ -3,7 +3,8 @@
 Outputs (in the stage folder):
   train.npy, test.npy       uint8 arrays (N, H, W, C), memory-mapped by train and predict
   index.csv                 id, split, label, row (into the split's array), path
-  classes.json              the label vocabulary, in class-index order
+  classes.json              the label vocabulary (multi-label: the tags), in class-index order
+  task.json                 the task kind, tag separator and answers per image (pipeline.tasks)
   sample_submission.csv     the submission template (the competition's, or id,label)
   report.json               counts, size, channel mode, and every skipped file with its reason
 
@@ -25,6 +26,7 @@ import pandas as pd
 from pipeline.artifacts import write_csv, write_json
 from pipeline.console import track
 from pipeline.data import discover
+from pipeline.tasks import present
 from pipeline.images import ImageError, is_gray, read_image
 from pipeline.params import Params, PreprocessParams
 
@@ -190,7 +192,8 @@ def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams,
 
 def run(params: Params, paths) -> dict:
     p = params.preprocess
-    data = discover(paths["data"], params.data.id_column, params.data.label_column)
+    d = params.data
+    data = discover(paths["data"], d.id_column, d.label_column, d.task, d.tag_separator, d.class_order)
     manifest = data.manifest
     workers = p.workers or os.cpu_count() or 1
     all_gray, sides = probe(list(manifest.path[manifest.split == "train"]), p.max_pixels)
@@ -206,13 +209,15 @@ def run(params: Params, paths) -> dict:
         failures += failed
 
     index = pd.DataFrame(index, columns=["id", "split", "label", "row", "path"])
-    classes = [c for c in data.classes if c in set(index.label[index.split == "train"])]
+    classes = present(data.classes, index.label[index.split == "train"], data.task)
     write_csv(paths.out / "index.csv", index)
     write_json(paths.out / "classes.json", classes)
+    write_json(paths.out / "task.json", data.task.as_json())
     write_csv(paths.out / "sample_submission.csv", data.sample)
     counts = index.groupby("split").size().to_dict()
     report = {
         "layout": data.layout,
+        "task": f"{data.task.kind} ({data.task.why})" + (f", {data.task.top_k} answers per image" if data.task.top_k > 1 else ""),
         "size": list(hw),
         "size_from": size_from,
         "crop": p.crop.enabled,

@@ -28,15 +28,17 @@ import torch
 
 from pipeline import distributed as ddp
 from pipeline.artifacts import folder_lock, read_json, replace_dir, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows
+from pipeline import tasks
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows, read_task
 from pipeline.console import console
 from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
 from pipeline.runner import finished_folds
 from stages.train.distill import load_teacher
-from stages.train.folds import assign_folds
-from stages.train.rows import RowStack, Rows, concat, extra_rows
+from stages.train.folds import assign_folds, assign_multilabel_folds
+from stages.train.metrics import setup as setup_scoring
+from stages.train.rows import RowStack, Rows, concat, extra_rows, row_classes
 
 PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
@@ -58,12 +60,14 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
     train = train[train.weight > 0].reset_index(drop=True)
     if len(train) < p.folds:
         raise StageError(f"train: {len(train)} training images for {p.folds} folds; need at least one per fold")
-    onehot = np.eye(len(classes), dtype=np.float32)
-    labels = train.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
-    labelled = Rows(ids=train.id.to_numpy(), rows=train.row.to_numpy(np.int64), labels=labels, targets=onehot[labels],
+    task = read_task(pre)
+    targets = tasks.targets(train.label, classes, task)
+    labels = row_classes(targets)
+    folds = (assign_multilabel_folds(targets, train.cluster.to_numpy(), p.folds, params.seed) if task.multi_label
+             else assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed))
+    labelled = Rows(ids=train.id.to_numpy(), rows=train.row.to_numpy(np.int64), labels=labels, targets=targets,
                     weights=train.weight.to_numpy(np.float32) if p.dedup_weights else np.ones(len(train), np.float32),
-                    clusters=train.cluster.astype(str).to_numpy(), fold=assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed),
-                    kind=np.full(len(train), "labelled"))
+                    clusters=train.cluster.astype(str).to_numpy(), fold=folds, kind=np.full(len(train), "labelled"))
     parts, sources = {"labelled": labelled}, {"labelled": labelled.ids}  # sources: whose teacher target a row takes
 
     # Offline copies of rare-class images train with their source image: same cluster, same weight.
@@ -74,7 +78,7 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
         source = pd.Index(train.id).get_indexer(table.source_id)
         keep = source >= 0  # a copy of an image dedup left out stays out
         src = source[keep]
-        parts["expanded"] = extra_rows("expanded", table.id[keep], len(arrays["train"]) + np.where(keep)[0], onehot[labels[src]],
+        parts["expanded"] = extra_rows("expanded", table.id[keep], len(arrays["train"]) + np.where(keep)[0], targets[src],
                                        labelled.weights[src], labelled.clusters[src])
         sources["expanded"] = table.source_id[keep].to_numpy()
     test_offset = len(arrays["train"]) + len(copies)
@@ -89,7 +93,8 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
             "pixels": RowStack([arrays["train"], copies, arrays["test"]]), "classes": classes,
             "transform": A.load(str(paths["augment"] / "transform.json"), data_format="json"),
             "gpu_recipe": read_json(paths["augment"] / "gpu_augment.json") if (paths["augment"] / "gpu_augment.json").is_file() else None,
-            "norm": normalisation(arrays["train"], p.norm, params.seed)}
+            "norm": normalisation(arrays["train"], p.norm, params.seed),
+            "task": task, "scoring": setup_scoring(p, task, targets if task.multi_label else None)}
     return data, train
 
 
@@ -148,7 +153,7 @@ def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, p
     frame.insert(0, "label", train.label.to_numpy()[val])
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
-    plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
+    plots.curves(pd.read_csv(partial / "metrics.csv"), data["scoring"].metric, partial / "curves.png")
     write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", "")})
     replace_dir(partial, paths.out / f"fold{fold}")
 
@@ -156,7 +161,6 @@ def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, p
 def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
     """oof.csv, cv.json and confusion.png from every finished fold of this recipe (call under the lock)."""
     from stages.train import plots
-    from stages.train.metrics import compute
 
     p, out = params.train, paths.out
     key = getattr(paths, "key", "")
@@ -167,30 +171,37 @@ def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
         else:
             console.print(f"[yellow]removed[/] {out / f'fold{fold}'}: trained with other params or inputs")
             shutil.rmtree(out / f"fold{fold}")
-    classes = read_classes(paths["preprocess"])
+    classes, task = read_classes(paths["preprocess"]), read_task(paths["preprocess"])
     oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False) for k in folds],
                     ignore_index=True)
-    to_idx = {c: i for i, c in enumerate(classes)}
     columns = [f"p_{c}" for c in classes]
+    truth = tasks.truth(oof.label, classes, task)
+    scoring = setup_scoring(p, task, truth if task.multi_label else None)
+    metric = scoring.metric
     per_fold, speed, epochs = {}, [], {}
     for fold in folds:
-        rows = oof[oof.fold == fold]
-        per_fold[fold] = compute(rows.label.map(to_idx).to_numpy(), rows[columns].to_numpy())[p.metric]
+        rows = (oof.fold == fold).to_numpy()
+        per_fold[fold] = scoring.scores(truth[rows], oof.loc[rows, columns].to_numpy())[metric]
         history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
         speed.append(float(history.images_per_s.median()))
-        best_row = history[f"val_{p.metric}"].idxmin() if p.metric == "log_loss" else history[f"val_{p.metric}"].idxmax()
+        best_row = history[f"val_{metric}"].idxmax() if scoring.higher_is_better else history[f"val_{metric}"].idxmin()
         epochs[fold] = f"{int(history.epoch[best_row])}/{len(history)}"
     write_csv(out / "oof.csv", oof)
-    y = oof.label.map(to_idx).to_numpy()
     probs = oof[columns].to_numpy()
-    overall = compute(y, probs)
-    plots.confusion(y, probs.argmax(1), classes, out / "confusion.png")
+    overall = scoring.scores(truth, probs)
+    if not task.multi_label:
+        plots.confusion(truth, probs.argmax(1), classes, out / "confusion.png")
     values = list(per_fold.values())
     missing = [k for k in range(p.folds) if k not in folds]
-    cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
+    cv = {"metric": metric, "metric_from": scoring.why, "task": task.kind, "mean": float(np.mean(values)), "std": float(np.std(values)),
           "per_fold": {str(k): v for k, v in per_fold.items()}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
+    summary = {"model": model, "task": f"{task.kind} ({task.why})", "metric": f"{metric} ({scoring.why})",
+               "folds trained": len(trained), "folds in the summary": folds,
+               "folds missing": ", ".join(map(str, missing)) or "none", "best epoch / epochs run": epochs,
+               "train images/s (median epoch)": f"{np.mean(speed):.0f}", f"cv {metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f}",
+               **{f"oof {k}": v for k, v in overall.items()}}
+    if scoring.uses_thresholds:
+        _, cv[f"oof_{metric}_tuned_thresholds"] = scoring.tuned(truth, probs)
+        summary[f"oof {metric}, thresholds fitted on OOF (optimistic)"] = cv[f"oof_{metric}_tuned_thresholds"]
     write_json(out / "cv.json", cv)
-    return {"model": model, "folds trained": len(trained), "folds in the summary": folds,
-            "folds missing": ", ".join(map(str, missing)) or "none", "best epoch / epochs run": epochs,
-            "train images/s (median epoch)": f"{np.mean(speed):.0f}", f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f}",
-            "oof accuracy": overall["accuracy"], "oof macro-F1": overall["macro_f1"], "oof log-loss": overall["log_loss"]}
+    return summary

@@ -24,7 +24,7 @@ from pipeline.artifacts import write_csv
 from pipeline.console import console, progress_bar
 from pipeline.params import Params
 from pipeline.errors import StageError
-from stages.train import checkpoint, curriculum, losses, metrics, schedule
+from stages.train import checkpoint, curriculum, losses, schedule
 from stages.train import gpu_augment
 from stages.train.data import CacheDataset, EpochSampler, epoch_order, loader, sampling_weights
 from pipeline.device import autocast_dtype, to_input
@@ -41,15 +41,16 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 
 @torch.no_grad()
-def predict(model, pixels, rows, norm, device, batch_size, amp) -> np.ndarray:
-    """Softmax of `rows` of a RowStack (which reads each batch in row order and returns it as asked)."""
+def predict(model, pixels, rows, norm, device, batch_size, amp, multi_label: bool = False) -> np.ndarray:
+    """Probabilities (softmax; sigmoid per tag for multi-label) of `rows` of a RowStack (which reads each
+    batch in row order and returns it as asked)."""
     model.eval()
     out = []
     for start in range(0, len(rows), batch_size):
         images = torch.from_numpy(pixels[rows[start : start + batch_size]])
         x = to_input(images.permute(0, 3, 1, 2), norm, device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out.append(model(x).float().softmax(1).cpu().numpy())
+            out.append(losses.probabilities(model(x).float(), multi_label).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -92,12 +93,13 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     ema = ModelEmaV3(model, decay=p.ema, use_warmup=True) if p.ema > 0 else None
     mixup = Mixup(mixup_alpha=p.mixup, cutmix_alpha=p.cutmix, prob=p.mix_prob, label_smoothing=0.0) if p.mixup or p.cutmix else None
-    cw = losses.class_weights(part.labels, num_classes, p.class_weights)
+    multi_label, scoring = data["task"].multi_label, data["scoring"]
+    cw = losses.class_weights(part.targets if multi_label else part.labels, num_classes, p.class_weights)
     cw = torch.tensor(cw, dtype=torch.float32, device=device) if cw is not None else None
     if ddp.is_main():
         schedule.plot(fold_dir / "lr_schedule.png", total, warmup, lr, p, steps_per_epoch)
 
-    meta = {"model": p.model, "classes": data["classes"], "in_chans": int(pixels.shape[3]), "norm": data["norm"],
+    meta = {"model": p.model, "classes": data["classes"], "task": data["task"].kind, "in_chans": int(pixels.shape[3]), "norm": data["norm"],
             "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold}
     history, best, best_probs, start_epoch, stale = [], None, None, 0, 0
     last = checkpoint.load(fold_dir / "last.pt")
@@ -164,9 +166,9 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                 forward.sync_grads((i + 1) % p.accumulate == 0)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = forward(x)
-                per_sample = losses.per_sample_loss(logits, losses.smooth(target, p.label_smoothing), cw, p.focal_gamma if p.loss == "focal" else 0.0)
+                per_sample = losses.hard_loss(logits, target, cw, p, multi_label)
                 if taught is not None:
-                    per_sample = distill.combine(per_sample, logits, taught, klw, d.temperature, d.alpha)
+                    per_sample = distill.combine(per_sample, logits, taught, klw, d.temperature, d.alpha, multi_label)
                 loss = (per_sample * w).sum() / share.denominator(i, w)
                 if p.l1:
                     loss = loss + p.l1 * sum(q.abs().sum() for q in model.parameters() if q.ndim > 1 and q.requires_grad)
@@ -193,19 +195,19 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
             loss_sum, seen = ddp.all_sum([loss_sum, seen])
             evaluated = ema.module if ema is not None else model
             ddp.sync_buffers(evaluated)
-            probs = ddp.gather_rows(lambda r: predict(evaluated, pixels, r, data["norm"], device, p.eval_batch_size, amp), rows.rows[val_idx])
-            y_val = rows.labels[val_idx]
-            scores = metrics.compute(y_val, probs)
+            probs = ddp.gather_rows(lambda r: predict(evaluated, pixels, r, data["norm"], device, p.eval_batch_size, amp, multi_label),
+                                    rows.rows[val_idx])
+            scores = scoring.scores(rows.targets[val_idx].round().astype(int) if multi_label else rows.labels[val_idx], probs)
             row = {"epoch": epoch, "lr": schedule.lr_at(max(0, step - 1), total, warmup, lr, p, steps_per_epoch),
                    "train_loss": loss_sum / max(1, seen), "val_loss": scores["log_loss"],
                    **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.perf_counter() - t0,
                    "images_per_s": seen / max(train_seconds, 1e-9), "pool": fraction, "frozen": frozen}
             history.append(row)
-            state = {**meta, "epoch": epoch, "metric": scores[p.metric], "state_dict": model.state_dict()}
+            state = {**meta, "epoch": epoch, "metric": scores[scoring.metric], "state_dict": model.state_dict()}
             if ema is not None:
                 state["ema_state_dict"] = ema.module.state_dict()
-            if metrics.better(p.metric, scores[p.metric], best):
-                best, best_probs, stale = scores[p.metric], probs, 0
+            if scoring.better(scores[scoring.metric], best):
+                best, best_probs, stale = scores[scoring.metric], probs, 0
                 checkpoint.save(fold_dir / "best.pt", state)
             else:
                 stale += 1
@@ -213,5 +215,5 @@ def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.d
                                                    "history": history, "best": best, "best_probs": best_probs, "stale": stale,
                                                    "seed": params.seed, "data": data_key})
             write_metrics(fold_dir / "metrics.csv", history)
-            bar.update(task, advance=1, info=f"{p.metric} {scores[p.metric]:.4f} (best {best:.4f})")
+            bar.update(task, advance=1, info=f"{scoring.metric} {scores[scoring.metric]:.4f} (best {best:.4f})")
     return best_probs
