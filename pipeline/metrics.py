@@ -35,7 +35,7 @@ class Options:
     at_least_one: bool = True  # multi-label: every image answers at least its most probable tag
 
 
-def _decisions(probs: np.ndarray, o: Options) -> np.ndarray:
+def decisions(probs: np.ndarray, o: Options) -> np.ndarray:
     """Hard answers: (N, K) 0/1 tags for multi-label (every image keeps at least its top tag), else (N,) argmax."""
     if not o.multi_label:
         return probs.argmax(1)
@@ -47,19 +47,19 @@ def _decisions(probs: np.ndarray, o: Options) -> np.ndarray:
 
 def accuracy(y, probs, o: Options) -> float:
     """Share of images answered exactly (multi-label: every tag right, scikit-learn's subset accuracy)."""
-    return float(accuracy_score(y, _decisions(probs, o)))
+    return float(accuracy_score(y, decisions(probs, o)))
 
 
 def macro_f1(y, probs, o: Options) -> float:
     labels = None if o.multi_label else list(range(probs.shape[1]))
-    return float(f1_score(y, _decisions(probs, o), average="macro", labels=labels, zero_division=0))
+    return float(f1_score(y, decisions(probs, o), average="macro", labels=labels, zero_division=0))
 
 
 def f_beta(y, probs, o: Options) -> float:
     """F-beta of the thresholded tags, per image then averaged (samples) or per class (macro)."""
     if not o.multi_label:
         return float(fbeta_score(y, probs.argmax(1), beta=o.beta, average="macro", labels=list(range(probs.shape[1])), zero_division=0))
-    return float(fbeta_score(y, _decisions(probs, o), beta=o.beta, average=o.average, zero_division=0))
+    return float(fbeta_score(y, decisions(probs, o), beta=o.beta, average=o.average, zero_division=0))
 
 
 def metric_log_loss(y, probs, o: Options) -> float:

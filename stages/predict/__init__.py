@@ -16,51 +16,25 @@ predictions.png.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline import metrics, tasks
 from pipeline.artifacts import read_json, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_task
 from pipeline.console import console, track
 from pipeline.device import resolve_device
 from pipeline.params import TTA_VIEWS, Params
 from pipeline.errors import StageError
 from stages.predict.correction import correct
-from stages.predict.ensemble import Member, find_members, fit_weights, load_model, log_loss, predict_views, read_oof
+from stages.predict import scoring
+from stages.predict.ensemble import Member, find_members, fit_weights, load_model, predict_views, read_oof
+from stages.predict.scoring import Result, better, rank  # noqa: F401  (Result is part of this stage's API)
 from stages.predict.plots import plot_predictions
-from stages.predict.submission import build_submission, write_submission
+from stages.predict.submission import Answers, build_submission, write_submission
 from stages.predict.tta import MERGES, expand, merge
-
-
-@dataclass
-class Result:
-    """One TTA candidate measured on the out-of-fold images."""
-
-    accuracy: float
-    log_loss: float
-    correct: np.ndarray  # per image: is the argmax right
-
-
-def rank(r: Result, metric: str) -> tuple:
-    """Sort key, larger is better: the selection metric first, the other one breaks ties."""
-    return (-r.log_loss, r.accuracy) if metric == "log_loss" else (r.accuracy, -r.log_loss)
-
-
-def better(a: Result, b: Result, metric: str) -> bool:
-    """Does candidate `a` beat `b` by more than noise?
-
-    log_loss: a lower log loss (it moves smoothly, so any decrease counts).
-    accuracy: compare the images each gets right (a paired, McNemar-style test): the net number of
-    images `a` fixes must exceed one standard error, sqrt(fixed + broken), of that number under no
-    real difference. On the digits example, plain "higher accuracy" took vflip for +8 of 1438 images.
-    """
-    if metric == "log_loss":
-        return a.log_loss < b.log_loss
-    fixed, broken = int((a.correct & ~b.correct).sum()), int((~a.correct & b.correct).sum())
-    return fixed - broken > max(0.0, np.sqrt(fixed + broken))
 
 
 class Context:
@@ -69,7 +43,9 @@ class Context:
     def __init__(self, params: Params, paths):
         self.p = params.predict
         pre = paths["preprocess"]
-        self.index, self.classes = read_index(pre), read_classes(pre)
+        self.index, self.classes, self.task = read_index(pre), read_classes(pre), read_task(pre)
+        self.multi_label = self.task.multi_label
+        self.scoring = scoring.load(paths["train"], self.task, self.p.tta_metric)
         self.arrays = read_arrays(pre)
         self.row_of = {s: self.index[self.index.split == s].set_index("id")["row"] for s in ("train", "test")}
         self.run_dirs = [Path(paths["train"])] + [Path(r).expanduser() for r in self.p.runs]
@@ -98,9 +74,9 @@ def fit_run_weights(ctx: Context) -> dict:
     common = sorted(set.intersection(*(set(o.index) for o in oofs)))
     if not common:
         raise StageError("predict.weights = oof: the runs share no out-of-fold ids (were they trained on the same data?)")
-    y = oofs[0].loc[common, "label"].map({c: i for i, c in enumerate(ctx.classes)}).to_numpy()
+    y = ctx.scoring.truth(oofs[0].loc[common, "label"], ctx.classes)
     columns = [f"p_{c}" for c in ctx.classes]
-    weights = fit_weights([o.loc[common, columns].to_numpy() for o in oofs], y)
+    weights = fit_weights([o.loc[common, columns].to_numpy() for o in oofs], ctx.scoring.run_objective(y))
     ctx.run_weight = {str(r): float(w) for r, w in zip(ctx.run_dirs, weights)}
     return {f"weight {r}": round(float(w), 4) for r, w in zip(ctx.run_dirs, weights)}
 
@@ -133,7 +109,7 @@ def oof_view_logits(ctx: Context, groups: list[str]) -> tuple[dict[str, np.ndarr
     if ctx.p.tta_oof_images and len(ids) > ctx.p.tta_oof_images:
         ids = sorted(np.random.default_rng(0).choice(ids, ctx.p.tta_oof_images, replace=False))
     position = pd.Series(np.arange(len(ids)), index=ids)
-    y = next(iter(oofs.values())).loc[ids, "label"].map({c: i for i, c in enumerate(ctx.classes)}).to_numpy()
+    y = ctx.scoring.truth(next(iter(oofs.values())).loc[ids, "label"], ctx.classes)
     logits = {r: np.zeros((len(views), len(ids), len(ctx.classes)), dtype=np.float32) for r in oofs}
     for member in track(ctx.members, len(ctx.members), f"TTA on OOF ({len(views)} views)"):
         fold_ids = [i for i in oofs[member.run].index[oofs[member.run].fold == member.fold] if i in position.index]
@@ -159,19 +135,21 @@ def choose_tta(ctx: Context) -> tuple[list[str], str, pd.DataFrame]:
         slices[g], start = list(range(start, start + n)), start + n
     rows = []
 
-    metric = ctx.p.tta_metric
+    metric = ctx.scoring.tta_metric
+    higher = ctx.scoring.higher_is_better(metric)
 
     def evaluate(candidate: list[str], how: str) -> Result:
         take = [k for g in candidate for k in slices[g]]
-        probs = sum(ctx.run_weight[r] * merge(v[take], how) for r, v in logits.items())
-        result = Result(float((probs.argmax(1) == y).mean()), log_loss(probs, y), probs.argmax(1) == y)
+        probs = sum(ctx.run_weight[r] * merge(v[take], how, ctx.multi_label) for r, v in logits.items())
+        result = ctx.scoring.measure(y, probs)
         rows.append({"views": "+".join(candidate), "n_views": len(take), "merge": how,
-                     "accuracy": result.accuracy, "log_loss": result.log_loss})
+                     "accuracy": result.accuracy, "log_loss": result.log_loss,
+                     **({metric: result.score} if result.score is not None else {})})
         return result
 
     def best_merge(candidate: list[str]) -> tuple[str, Result]:
         results = {how: evaluate(candidate, how) for how in merges}
-        how = max(results, key=lambda h: rank(results[h], metric))
+        how = max(results, key=lambda h: rank(results[h], metric, higher))
         return how, results[how]
 
     if not auto:
@@ -184,10 +162,10 @@ def choose_tta(ctx: Context) -> tuple[list[str], str, pd.DataFrame]:
         how, best = best_merge(chosen)
         while True:
             trials = {g: best_merge(chosen + [g]) for g in groups if g not in chosen}
-            good = {g: t for g, t in trials.items() if better(t[1], best, metric)}
+            good = {g: t for g, t in trials.items() if better(t[1], best, metric, higher)}
             if not good:
                 break
-            g = max(good, key=lambda g: rank(good[g][1], metric))
+            g = max(good, key=lambda g: rank(good[g][1], metric, higher))
             chosen, (how, best) = chosen + [g], good[g]
     table = pd.DataFrame(rows).drop_duplicates(["views", "merge"])
     table["n_images"] = len(y)
@@ -201,8 +179,16 @@ def predict_test(ctx: Context, views) -> tuple[np.ndarray, list[str], str]:
     for member in track(ctx.members, len(ctx.members), f"predict test ({len(views)} views)"):
         model, ckpt = ctx.model(member)
         logits = predict_views(model, ctx.arrays["test"], rows, ckpt["norm"], views, ctx.p.batch_size, ctx.device, ctx.amp)
-        probs += ctx.member_weight(member) * merge(logits, ctx.how)
+        probs += ctx.member_weight(member) * merge(logits, ctx.how, ctx.multi_label)
     return probs, test.id.tolist()
+
+
+def answers_for(ctx: Context, thresholds) -> Answers:
+    """What each submission row answers: tags above the thresholds, or the top k classes."""
+    probability_metric = not metrics.get(ctx.scoring.metric)[0].needs_decisions
+    return Answers(multi_label=ctx.multi_label, thresholds=0.5 if thresholds is None else thresholds,
+                   at_least_one=ctx.scoring.options.at_least_one, top_k=ctx.p.top_k or ctx.task.top_k,
+                   separator=ctx.task.separator, probabilities=probability_metric)
 
 
 def run(params: Params, paths) -> dict:
@@ -213,9 +199,15 @@ def run(params: Params, paths) -> dict:
     weights = fit_run_weights(ctx)
     oof = ensemble_oof(ctx)
     write_csv(out / "oof.csv", oof)
-    y = oof.label.map({c: i for i, c in enumerate(ctx.classes)}).to_numpy()
+    y = ctx.scoring.truth(oof.label, ctx.classes)
     oof_probs = oof[[f"p_{c}" for c in ctx.classes]].to_numpy()
-    oof_accuracy, oof_log_loss = float((oof_probs.argmax(1) == y).mean()), log_loss(oof_probs, y)
+    thresholds, thresholds_from = (ctx.scoring.thresholds(y, oof_probs, ctx.p.thresholds) if ctx.multi_label else (None, None))
+    if ctx.multi_label:
+        ctx.scoring = ctx.scoring.with_thresholds(thresholds)
+        write_json(out / "thresholds.json", dict(zip(ctx.classes, np.broadcast_to(thresholds, len(ctx.classes)).tolist())))
+    measured = ctx.scoring.measure(y, oof_probs)
+    oof_accuracy, oof_log_loss = measured.accuracy, measured.log_loss
+    oof_metric = metrics.score(ctx.scoring.metric, y, oof_probs, ctx.scoring.options)
 
     groups, ctx.how, table = choose_tta(ctx)
     write_csv(out / "tta_oof.csv", table)
@@ -231,12 +223,13 @@ def run(params: Params, paths) -> dict:
     predicted_ids = set(ids)
     unread = [i for i in sample[id_col] if i not in predicted_ids]
     if unread:
-        prior = train_labels.value_counts(normalize=True).reindex(ctx.classes, fill_value=0).to_numpy()
+        prior = (tasks.targets(train_labels, ctx.classes, ctx.task).mean(0) if ctx.multi_label
+                 else train_labels.value_counts(normalize=True).reindex(ctx.classes, fill_value=0).to_numpy())
         ids = ids + unread
         probs = np.vstack([probs, np.tile(prior, (len(unread), 1))])
 
     clusters = read_clusters(paths["dedup"])
-    probs, changes = correct(probs, ids, clusters, train_labels, ctx.classes, ctx.p.leak_label, ctx.p.consistent_clusters)
+    probs, changes = correct(probs, ids, clusters, train_labels, ctx.classes, ctx.p.leak_label, ctx.p.consistent_clusters, ctx.task)
     write_csv(out / "corrections.csv", changes)
 
     # probs.csv follows the sample's id order, like the submission.
@@ -246,8 +239,9 @@ def run(params: Params, paths) -> dict:
     frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in ctx.classes])
     frame.insert(0, "id", ids)
     write_csv(out / "probs.csv", frame)
-    submission = build_submission(sample, ids, probs, ctx.classes)
-    write_submission(out / "submission.csv", submission, sample, ctx.classes)
+    answers = answers_for(ctx, thresholds)
+    submission = build_submission(sample, ids, probs, ctx.classes, answers)
+    write_submission(out / "submission.csv", submission, sample, ctx.classes, answers)
 
     predicted = pd.Series([ctx.classes[k] for k in probs.argmax(1)])
     leaks_reported = len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", []))
@@ -256,10 +250,13 @@ def run(params: Params, paths) -> dict:
         "runs": len(ctx.run_dirs),
         "missing folds": ctx.missing,
         **weights,
+        "task": f"{ctx.task.kind} ({ctx.task.why})" + (f", {answers.top_k} answers per image" if answers.top_k > 1 else ""),
+        f"ensemble oof {ctx.scoring.metric} (no TTA)": oof_metric,
+        **({"decision thresholds": thresholds_from} if ctx.multi_label else {}),
         "ensemble oof accuracy (no TTA)": oof_accuracy,
         "ensemble oof log loss (no TTA)": oof_log_loss,
         "tta views": "+".join(groups) + f" ({len(views)} views, {ctx.how})",
-        "tta chosen by": f"OOF {ctx.p.tta_metric} (auto)" if ctx.p.tta == "auto" else "params",
+        "tta chosen by": f"OOF {ctx.scoring.tta_metric} (auto)" if ctx.p.tta == "auto" else "params",
         "oof images measured": int(chosen.n_images),
         "oof accuracy without TTA": float(identity.accuracy),
         "oof accuracy with TTA": float(chosen.accuracy),
@@ -275,5 +272,6 @@ def run(params: Params, paths) -> dict:
         "predicted classes": predicted.value_counts().head(10).to_dict(),
     }
     write_json(out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
-    plot_predictions(out / "predictions.png", probs, ctx.classes, train_labels, table, ("+".join(groups), ctx.how))
+    shown = train_labels.map(lambda c: tasks.split_tags(c, ctx.task.separator)).explode() if ctx.multi_label else train_labels
+    plot_predictions(out / "predictions.png", probs, ctx.classes, shown, table, ("+".join(groups), ctx.how))
     return summary

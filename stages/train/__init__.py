@@ -193,7 +193,9 @@ def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
         plots.confusion(truth, probs.argmax(1), classes, out / "confusion.png")
     values = list(per_fold.values())
     missing = [k for k in range(p.folds) if k not in folds]
-    cv = {"metric": metric, "metric_from": scoring.why, "task": task.kind, "mean": float(np.mean(values)), "std": float(np.std(values)),
+    o = scoring.options
+    cv = {"metric": metric, "metric_from": scoring.why, "task": task.kind,
+          "metric_options": {"beta": o.beta, "average": o.average, "at_least_one": o.at_least_one}, "mean": float(np.mean(values)), "std": float(np.std(values)),
           "per_fold": {str(k): v for k, v in per_fold.items()}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
     summary = {"model": model, "task": f"{task.kind} ({task.why})", "metric": f"{metric} ({scoring.why})",
                "folds trained": len(trained), "folds in the summary": folds,
