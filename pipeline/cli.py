@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from pipeline.console import console
+from pipeline.console import console, summary
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.params import Params, load_params
 from pipeline.rounds import final_predict_dir, round_report
@@ -94,6 +94,20 @@ def run(
             console.print(f"round {row['round']}: cv {row['metric']} {row['cv']:.4f}{extra}")
     submission = final_predict_dir(wd, p.rounds) / "submission.csv"
     console.print(f"[bold green]done[/]: ran {', '.join(ran) if ran else 'nothing (all fresh)'}; submission: {submission}")
+
+
+@app.command()
+def init(
+    data_root: Annotated[Path, typer.Argument(help="the competition folder (train/ + train.csv, or train/<class>/)")],
+    params: ParamsOpt = Path("params.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing params file")] = False,
+) -> None:
+    """Write a commented params.yaml for a competition folder and say what was detected in it."""
+    from pipeline.init import init as write_params
+
+    report = _guard(lambda: write_params(data_root, params, force))
+    summary("init", report)
+    console.print(f"next: [bold]pipeline run[/] (or `pipeline status`) in {params.parent.resolve()}", soft_wrap=True)
 
 
 @app.command()

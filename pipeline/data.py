@@ -31,6 +31,7 @@ class Dataset:
     sample: pd.DataFrame  # the submission template: id column first, test ids in order
     layout: str
     task: tasks.Task | None = None  # set by settle_task (pipeline.tasks)
+    columns: str = "class folders"  # where ids and labels came from, e.g. "id: image_id, label: tags"
 
 
 def natural_key(label: str):
@@ -134,7 +135,9 @@ def _kaggle(root: Path, id_column: str | None, label_column: str | None, separat
     else:
         sample, test_ids, test_paths = _test_from_folder(root / "test", id_col, label_col)
     test = pd.DataFrame({"id": test_ids.values, "path": [str(p) for p in test_paths], "label": "", "split": "test"})
-    return _finish(pd.concat([train, test], ignore_index=True), sample, layout)
+    dataset = _finish(pd.concat([train, test], ignore_index=True), sample, layout)
+    dataset.columns = f"id: {id_col}, label: " + (f"one 0/1 column per class ({len(table.columns) - 2})" if label_col == TAGS_COLUMN else label_col)
+    return dataset
 
 
 def _test_from_folder(folder: Path, id_col: str = "id", label_col: str = "label"):

@@ -324,7 +324,7 @@ def validate(raw: dict) -> Params:
 
 def load_raw(path: Path) -> dict:
     if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (pass --params PATH)")
+        raise ParamsError(f"{path}: params file not found; write one with `pipeline init DATA_ROOT` (or pass --params PATH)")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
