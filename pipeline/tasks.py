@@ -156,3 +156,13 @@ def truth(labels, classes: list[str], task: Task) -> np.ndarray:
         return targets(labels, classes, task).astype(int)
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[c] for c in labels], dtype=int)
+
+
+def primary(labels: pd.Series, classes: list[str], task: Task) -> pd.Series:
+    """One class per image, for per-class views (augment's preview and rare-class copies): the label,
+    or for multi-label the image's rarest tag."""
+    if not task.multi_label:
+        return labels
+    tags = targets(labels, classes, task)
+    rarity = np.where(tags > 0, tags.sum(0)[None, :], np.inf)
+    return pd.Series(np.array(classes)[rarity.argmin(1)], index=labels.index)
