@@ -17,11 +17,11 @@ from pipeline import tasks
 from pipeline.errors import DataError
 from pipeline.images import IMAGE_EXTENSIONS
 
-ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file", "filename", "file_name", "name", "image_name", "path")
+ID_NAMES = ("id", "image_id", "id_code", "imageid", "image", "img", "file", "filename", "file_name", "name", "image_name", "path")
 TAGS_COLUMN = "_tags"  # the manifest column built from one 0/1 column per class
 INDICATOR_LAYOUT = "kaggle, one 0/1 column per class"
 LABEL_NAMES = ("label", "labels", "class", "class_id", "classid", "target", "category", "y", "species", "breed", "tags",
-               "attribute_ids")
+               "attribute_ids", "diagnosis", "level")
 
 
 @dataclass

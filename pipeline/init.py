@@ -85,6 +85,9 @@ def init(data_root: Path, params_path: Path, force: bool) -> dict:
         raise DataError(f"{data_root}: competition folder not found")
     text = with_root(defaults_text(), str(root))
     params = validate(yaml.safe_load(text))
-    report = detect(root, params)
+    try:
+        report = detect(root, params)
+    except DataError as exc:  # the file is still the place to fix it (data.id_column, data.label_column, ...)
+        report = {"detection failed": f"{exc}; edit the data section of {params_path}, then `pipeline status`"}
     write_text(params_path, text)
     return {"params": str(params_path), "data.root": str(root), **report}
