@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, TypeVar
 
 from rich.console import Console
@@ -51,3 +52,24 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One finished training epoch, as every epoch log reads it (progress bar, batch-job log)."""
+
+    fold: int
+    epoch: int  # 0-based
+    epochs: int  # planned epochs of the fold
+    train_loss: float
+    val_loss: float
+    metric: str
+    value: float  # validation `metric` this epoch
+    best: float  # best validation `metric` so far
+    images_per_s: float  # training images per second (the step alone, no validation)
+    seconds: float  # the whole epoch: training, validation, checkpoint
+
+
+def report_epoch(result: EpochResult, bar: Progress, task) -> None:
+    """The one place a finished epoch is reported."""
+    bar.update(task, advance=1, info=f"{result.metric} {result.value:.4f} (best {result.best:.4f})  {result.images_per_s:.0f} img/s")

@@ -1,6 +1,12 @@
-"""Device choice and input normalisation (on the device, from uint8)."""
+"""Device choice, input normalisation (on the device, from uint8) and the autocast dtype.
+
+The CUDA decisions are pure functions of the device *type* and its capabilities, so their logic runs
+(and is tested) on a CPU too.
+"""
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -16,7 +22,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-def normalisation(array: np.ndarray, kind: str, seed: int, sample: int = 2048) -> dict:
+def normalisation(array: np.ndarray, kind: str, seed: int, sample: int) -> dict:
     """Per-channel mean/std on the 0..1 scale: the training cache's (from a seeded sample) or ImageNet's."""
     channels = array.shape[3]
     if kind == "imagenet":
@@ -26,15 +32,25 @@ def normalisation(array: np.ndarray, kind: str, seed: int, sample: int = 2048) -
     return {"mean": pixels.mean(0).tolist(), "std": np.maximum(pixels.std(0), 1e-3).tolist()}
 
 
+@lru_cache(maxsize=32)
+def _scale(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean and std on the 0..255 scale as (1, C, 1, 1) device tensors, built once per (norm, device):
+    building them per batch is a host->device copy (a sync) on every call."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255, torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
+
+
 def to_input(images: torch.Tensor, norm: dict, device: torch.device) -> torch.Tensor:
-    mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(norm["std"], device=device).view(1, -1, 1, 1) * 255
+    """uint8 (B, C, H, W) -> normalised float on `device` (pinned host batches copy asynchronously)."""
+    mean, std = _scale(tuple(norm["mean"]), tuple(norm["std"]), torch.device(device))
     return (images.to(device, non_blocking=True).float() - mean) / std
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(amp: str, device: torch.device, bf16_supported: bool | None = None) -> torch.dtype | None:
+    """train.amp / predict.amp -> the autocast dtype; None: full precision (always on CPU)."""
     if device.type != "cuda" or amp == "off":
         return None
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    if amp == "fp16" or (amp == "auto" and not bf16_supported):
         return torch.float16
     return torch.bfloat16

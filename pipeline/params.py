@@ -119,15 +119,18 @@ class TrainParams(Section):
     drop_rate: float = Field(ge=0.0, lt=1.0)  # dropout before the classifier
     drop_path: float = Field(ge=0.0, lt=1.0)  # stochastic depth
     norm: Literal["dataset", "imagenet"]  # input normalisation: the training cache's mean/std, or ImageNet's
+    norm_sample: int = Field(ge=1)  # norm: dataset: images sampled (seeded) for the mean/std
     # Folds.
     folds: int = Field(ge=2, le=50)
     fold: int | None = Field(ge=0)  # train only this fold (one job per GPU/node); None: all folds
     # Optimisation.
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)  # global batch per micro-step, over all torchrun processes (each takes batch_size / world size)
+    batch_size: int | Literal["auto"] = Field(description="global batch per micro-step, or auto (probe the device)")
+    batch_size_max: int = Field(ge=1)  # auto: the probe starts here and halves on out-of-memory
     accumulate: int = Field(ge=1)  # gradient accumulation steps
     lr: float = Field(gt=0.0)  # peak learning rate (for lr_base_batch images per step when that is set)
-    lr_base_batch: int | None = Field(ge=1)  # scale lr linearly by effective batch / this; None: use lr as is
+    lr_base_batch: int | None = Field(ge=1)  # lr is for this many images per step, scaled to the effective batch; None: lr as is
+    lr_scaling: Literal["auto", "linear", "sqrt"]  # how lr follows the batch; auto: sqrt for adamw, linear for sgd (timm's rule)
     optimizer: Literal["adamw", "sgd"]
     momentum: float = Field(ge=0.0, lt=1.0)  # SGD momentum (AdamW ignores it)
     weight_decay: float = Field(ge=0.0)  # L2, never on norms and biases
@@ -146,8 +149,11 @@ class TrainParams(Section):
     mixup: float = Field(ge=0.0)  # mixup alpha (0: off)
     cutmix: float = Field(ge=0.0)  # cutmix alpha (0: off)
     mix_prob: float = Field(ge=0.0, le=1.0)  # probability a batch is mixed when mixup or cutmix is on
+    mix_switch: float = Field(ge=0.0, le=1.0)  # with both on: probability a mixed batch uses cutmix rather than mixup
     mix_off_epochs: int = Field(ge=0)  # no mixing in the last N epochs (clean fine-tune)
-    ema: float = Field(ge=0.0, lt=1.0)  # EMA decay of the weights (0: off); validated and saved when on
+    ema: float = Field(ge=0.0, lt=1.0)  # EMA decay per optimiser step (0: off); validated and saved when on
+    ema_warmup: bool  # timm's warmup: decay = min(ema, 1 - (1 + step)^(-2/3)), so early weights fade fast
+    ema_every: int = Field(ge=1)  # update the EMA every N steps with decay ema^N (same averaging horizon)
     # Imbalance and duplicates.
     loss: Literal["ce", "focal", "asymmetric"]  # multi-label: ce is binary CE per class; asymmetric (ASL) is multi-label only
     focal_gamma: float = Field(ge=0.0)
@@ -178,6 +184,8 @@ class TrainParams(Section):
     gpu_augment: Literal["auto", "always", "never"]  # always: keep the uint8 cache on the device and augment there
     gpu_cache_fraction: float = Field(gt=0.0, le=1.0)  # auto: use the device path when the cache fits this share
     workers: int = Field(ge=0)  # data loader processes for the albumentations path
+    log_every: int = Field(ge=1)  # steps between reads of the loss (finiteness check, progress bar): the only host syncs
+    checkpoint_every: int | Literal["auto"] = Field(description="epochs between last.pt writes, or auto")
     # Stopping, metrics.
     patience: int = Field(ge=0)  # stop a fold after N epochs without improvement (0: never)
     metric: str  # auto or a pipeline.metrics name: picks best.pt, stops early, reports cv
@@ -193,6 +201,19 @@ class TrainParams(Section):
     # Distributed (torchrun): one process per GPU, DDP.
     sync_bn: bool  # SyncBatchNorm across processes (CUDA only; BatchNorm statistics of the global batch)
     dist_timeout: float = Field(gt=0.0)  # seconds a collective waits for the other ranks before the run fails
+
+    @field_validator("batch_size", "checkpoint_every")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError("expected auto or an integer >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_batch_needs_a_base(self):
+        if self.batch_size == "auto" and self.lr_base_batch is None:
+            raise ValueError("batch_size = auto needs lr_base_batch (the batch train.lr is written for)")
+        return self
 
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "shift", "scale", "crops")
@@ -214,7 +235,7 @@ class PredictParams(Section):
     consistent_clusters: bool  # test images of one duplicate cluster get one (mean) prediction
     batch_size: int = Field(ge=1)  # images x views per forward pass
     device: Literal["auto", "cpu", "cuda"]
-    amp: bool  # autocast (bfloat16) on CUDA
+    amp: Literal["auto", "bf16", "fp16", "off"]  # autocast on CUDA, as train.amp; auto: bf16 where supported
     top_k: int | None = Field(ge=1)  # answers per image; None: as many as the sample's label cells hold
     thresholds: Literal["auto"] | float = Field(description="multi-label decision thresholds: auto (per class, fitted on OOF) or one value")
 

@@ -3,8 +3,8 @@
 Outputs:
 - transform.json: the albumentations pipeline in albumentations' own format (A.save); train loads it
   with A.load for the CPU data-loader path. Normalisation is not in it: train normalises on the device.
-- gpu_augment.json: the subset of the same recipe that train's device-side path applies in torch
-  (flips, affine/crop, brightness/contrast, erasing) when the cache lives on the GPU.
+- gpu_augment.json: the same recipe, every op, for train's device-side engine (stages/train/gpu_augment.py)
+  when the cache lives on the GPU.
 - preview.png: for each class, one original and `preview` augmented samples, to eyeball the recipe.
 - expanded.npy + expanded.csv (only when expand_to > 0): augmented copies of rare-class images, rows
   (id, label, source_id); train adds a copy only to folds whose training part holds its source.
@@ -28,6 +28,10 @@ from pipeline.console import track  # noqa: E402
 from pipeline.params import AugmentParams, Params, ParamsError  # noqa: E402
 
 PREVIEW_CLASSES = 16  # more rows than this make an unreadable sheet
+# Written out so that both engines (albumentations here, stages/train/gpu_augment.py on the device) use
+# the same values: albumentations' own defaults for the crop's aspect ratio range and the blur's sigma.
+CROP_RATIO = (3 / 4, 4 / 3)
+BLUR_SIGMA = (0.5, 3.0)
 
 
 def check(p: AugmentParams) -> None:
@@ -50,7 +54,7 @@ def build(p: AugmentParams, height: int, width: int) -> A.Compose:
     constant = dict(border_mode=cv2.BORDER_CONSTANT, fill=0)
     return A.Compose(
         [
-            A.RandomResizedCrop(size=(height, width), scale=tuple(p.crop_scale), p=p.crop),
+            A.RandomResizedCrop(size=(height, width), scale=tuple(p.crop_scale), ratio=CROP_RATIO, p=p.crop),
             A.HorizontalFlip(p=p.hflip),
             A.VerticalFlip(p=p.vflip),
             A.Affine(
@@ -63,7 +67,7 @@ def build(p: AugmentParams, height: int, width: int) -> A.Compose:
             ),
             A.Rotate(limit=p.rotation_limit, p=p.rotation, **constant),
             A.RandomGamma(gamma_limit=tuple(p.gamma_limit), p=p.gamma),
-            A.GaussianBlur(blur_limit=tuple(p.blur_limit), p=p.blur),
+            A.GaussianBlur(blur_limit=tuple(p.blur_limit), sigma_limit=BLUR_SIGMA, p=p.blur),
             A.ColorJitter(brightness=p.brightness, contrast=p.contrast, saturation=p.saturation, hue=p.hue, p=p.color_jitter),
             A.CoarseDropout(
                 num_holes_range=(1, p.erasing_holes),
@@ -77,24 +81,12 @@ def build(p: AugmentParams, height: int, width: int) -> A.Compose:
 
 
 def gpu_recipe(p: AugmentParams) -> dict:
-    """What train's device-side path applies (stages/train/gpu_augment.py): the cheap, batched part."""
-    return {
-        "hflip": p.hflip,
-        "vflip": p.vflip,
-        "crop": p.crop,
-        "crop_scale": list(p.crop_scale),
-        "affine": p.affine,
-        "shift": p.shift,
-        "scale": p.scale,
-        "rotate": p.rotate,
-        "rotation": p.rotation,
-        "rotation_limit": p.rotation_limit,
-        "color_jitter": p.color_jitter,
-        "brightness": p.brightness,
-        "contrast": p.contrast,
-        "erasing": p.erasing,
-        "erasing_size": list(p.erasing_size),
-    }
+    """The same recipe for train's device-side engine (stages/train/gpu_augment.py), every op of build()."""
+    keys = ("hflip", "vflip", "crop", "affine", "shift", "scale", "rotate", "shear", "rotation", "rotation_limit", "gamma", "blur",
+            "color_jitter", "brightness", "contrast", "saturation", "hue", "erasing", "erasing_holes")
+    ranges = {"crop_scale": p.crop_scale, "crop_ratio": CROP_RATIO, "gamma_limit": p.gamma_limit, "blur_limit": p.blur_limit,
+              "blur_sigma": BLUR_SIGMA, "erasing_size": p.erasing_size}
+    return {**{k: getattr(p, k) for k in keys}, **{k: list(v) for k, v in ranges.items()}}
 
 
 def apply(transform: A.Compose, image: np.ndarray) -> np.ndarray:

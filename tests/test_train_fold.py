@@ -15,7 +15,7 @@ import stages.train as train_stage
 from stages.augment import gpu_recipe
 from stages.train import loop
 
-TINY = ["train.model=resnet10t", "train.epochs=2", "train.batch_size=16", "train.workers=0", "train.folds=3",
+TINY = ["train.model=resnet10t", "train.epochs=2", "train.batch_size=16", "train.lr_base_batch=null", "train.checkpoint_every=1", "train.workers=0", "train.folds=3",
         "train.eval_batch_size=64", "train.warmup_epochs=1", "train.mixup=0.2", "train.cutmix=0.0", "train.patience=0",
         "train.ema=0.9", "train.drop_path=0.0", "train.lr=0.003"]
 

@@ -38,7 +38,7 @@ from pipeline.runner import finished_folds
 from stages.train.distill import load_teacher
 from stages.train.folds import assign_folds, assign_multilabel_folds
 from stages.train.metrics import setup as setup_scoring
-from stages.train.rows import RowStack, Rows, concat, extra_rows, row_classes
+from stages.train.rows import RowStack, Rows, TrainData, concat, extra_rows, row_classes
 
 PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
@@ -50,7 +50,7 @@ def check(params: Params) -> None:
         raise StageError(f"train.fold = {p.fold}: expected 0..{p.folds - 1} (train.folds = {p.folds})")
 
 
-def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
+def load_data(params: Params, paths) -> tuple[TrainData, pd.DataFrame]:
     """Everything that may train (stages.train.rows), its pixels, and the labelled table for the OOF file."""
     p = params.train
     pre = paths["preprocess"]
@@ -89,12 +89,12 @@ def load_data(params: Params, paths) -> tuple[dict, pd.DataFrame]:
         sources["pseudo"] = pseudo.ids
     if params.distill.teacher:
         add_teacher(parts, sources, params, index, clusters, classes, test_offset)
-    data = {"rows": concat(list(parts.values())),
-            "pixels": RowStack([arrays["train"], copies, arrays["test"]]), "classes": classes,
-            "transform": A.load(str(paths["augment"] / "transform.json"), data_format="json"),
-            "gpu_recipe": read_json(paths["augment"] / "gpu_augment.json") if (paths["augment"] / "gpu_augment.json").is_file() else None,
-            "norm": normalisation(arrays["train"], p.norm, params.seed),
-            "task": task, "scoring": setup_scoring(p, task, targets if task.multi_label else None)}
+    recipe = paths["augment"] / "gpu_augment.json"
+    data = TrainData(rows=concat(list(parts.values())), pixels=RowStack([arrays["train"], copies, arrays["test"]]), classes=classes,
+                     transform=A.load(str(paths["augment"] / "transform.json"), data_format="json"),
+                     gpu_recipe=read_json(recipe) if recipe.is_file() else None,
+                     norm=normalisation(arrays["train"], p.norm, params.seed, p.norm_sample),
+                     task=task, scoring=setup_scoring(p, task, targets if task.multi_label else None))
     return data, train
 
 
@@ -116,45 +116,87 @@ def add_teacher(parts: dict, sources: dict, params: Params, index, clusters, cla
 def run(params: Params, paths) -> dict:
     from stages.train.loop import train_fold
 
-    p = params.train
     check(params)
     data, train = load_data(params, paths)
-    device = ddp.local_device(resolve_device(p.device))
+    device = ddp.local_device(resolve_device(params.train.device))
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = p.cudnn_benchmark
-    folds = range(p.folds) if p.fold is None else [p.fold]
-    with ddp.session(p.dist_timeout, device) as world:
-        console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
-                      + f", rows {data['rows'].describe()}"
-                      + f", {len(data['classes'])} classes, folds {list(folds)}")
+        torch.backends.cudnn.benchmark = params.train.cudnn_benchmark
+    folds = range(params.train.folds) if params.train.fold is None else [params.train.fold]
+    with ddp.session(params.train.dist_timeout, device) as world:
+        params = resolve_batch_size(params, data, device, world.size)
+        path, why = data_path(params.train, data, device)
+        p = params.train
+        if world.main:
+            console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
+                          + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {list(folds)}")
+            console.print(f"train: data path {path}: {why}")
         trained = []
         for fold in folds:
             if fold in finished_folds(paths.out, getattr(paths, "key", "")):  # e.g. by an earlier --fold job
                 console.print(f"fold {fold}: finished earlier with these params and inputs, kept (`pipeline run --force` retrains it)")
                 continue
-            probs = train_fold(fold, data, params, paths.out / PARTIAL, device)
+            probs = train_fold(fold, data, params, paths.out / PARTIAL, device, path)
             trained.append(fold)
             if world.main:
-                finish_fold(fold, probs, data, train, params, paths)
+                finish_fold(fold, probs, data, train, params, paths, {"data_path": path, "batch_size": p.batch_size})
     if not world.main:
         return {}
     with folder_lock(paths.out):
-        return summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
+        result = summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
+    return {**result, "data path": f"{path} ({why})", "batch size": p.batch_size}
 
 
-def finish_fold(fold: int, probs: np.ndarray, data: dict, train: pd.DataFrame, params: Params, paths) -> None:
+def resolve_batch_size(params: Params, data: TrainData, device: torch.device, world_size: int) -> Params:
+    """train.batch_size: auto -> a number, decided once per run (every fold and rank trains with it)."""
+    p = params.train
+    if p.batch_size != "auto":
+        return params
+    from stages.train.batch_size import auto_batch
+    from stages.train.model import create_model
+
+    shape = (data.pixels.shape[3], *data.pixels.shape[1:3])
+    batch, why = auto_batch(lambda: create_model(p, len(data.classes), shape[0]), shape, len(data.classes), p, device, world_size)
+    batch = ddp.from_main(batch)
+    console.print(f"train.batch_size = auto: {batch} ({why})")
+    return params.model_copy(update={"train": p.model_copy(update={"batch_size": batch})})
+
+
+def data_path(p, data: TrainData, device: torch.device) -> tuple[str, str]:
+    """Where batches are made, decided once per run so every fold trains the same way: "device" (the
+    uint8 cache on the GPU, augmented there) or "loader" (albumentations in worker processes)."""
+    from stages.train.gpu_augment import fits, missing_ops
+
+    missing = missing_ops(data.gpu_recipe)
+    if p.gpu_augment == "never":
+        return "loader", "train.gpu_augment = never"
+    if missing:
+        if p.gpu_augment == "always":
+            raise StageError(f"train.gpu_augment = always: augment/gpu_augment.json lacks {', '.join(missing)}; rerun `pipeline augment`")
+        return "loader", f"the device path lacks {', '.join(missing)} of this recipe (rerun `pipeline augment`)"
+    if p.gpu_augment == "always":
+        return "device", "train.gpu_augment = always"
+    if device.type != "cuda":
+        return "loader", f"no GPU ({device.type})"
+    nbytes = len(data.rows) * int(np.prod(data.pixels.shape[1:]))
+    free = torch.cuda.mem_get_info(device)[0]
+    if fits(nbytes, free, p.gpu_cache_fraction):
+        return "device", f"the cache ({nbytes / 2**20:.0f} MiB) fits in {p.gpu_cache_fraction:.0%} of the free GPU memory"
+    return "loader", f"the cache ({nbytes / 2**20:.0f} MiB) exceeds {p.gpu_cache_fraction:.0%} of the free GPU memory ({free / 2**20:.0f} MiB)"
+
+
+def finish_fold(fold: int, probs: np.ndarray, data: TrainData, train: pd.DataFrame, params: Params, paths, how: dict) -> None:
     """The fold's OOF rows, curves and key beside its checkpoints, then the folder renamed into place."""
     from stages.train import plots
 
     partial = paths.out / PARTIAL / f"fold{fold}"
-    val = np.where(data["rows"].fold == fold)[0]  # labelled rows come first, in the order of `train`
-    frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in data["classes"]])
+    val = np.where(data.rows.fold == fold)[0]  # labelled rows come first, in the order of `train`
+    frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in data.classes])
     frame.insert(0, "fold", fold)
     frame.insert(0, "label", train.label.to_numpy()[val])
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
-    plots.curves(pd.read_csv(partial / "metrics.csv"), data["scoring"].metric, partial / "curves.png")
-    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", "")})
+    plots.curves(pd.read_csv(partial / "metrics.csv"), data.scoring.metric, partial / "curves.png")
+    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), **how})  # how: data path, batch size
     replace_dir(partial, paths.out / f"fold{fold}")
 
 

@@ -78,3 +78,35 @@ def loader(dataset, sampler: EpochSampler, batch_size: int, workers: int, pin: b
         pin_memory=pin, persistent_workers=workers > 0, worker_init_fn=seed_worker if workers else None,
         generator=generator,
     )
+
+
+class LoaderBatches:
+    """The albumentations path with the interface of gpu_augment.DeviceBatches: batches of normalised
+    device images with their row positions as a device tensor. The positions are slices of the epoch's
+    order, copied to the device once per epoch (the loader's own index tensor would be one more copy per
+    step); the images come pinned when on CUDA, so their copy is asynchronous."""
+
+    def __init__(self, dataset: CacheDataset, batch_size: int, workers: int, drop_last: bool, seed: int, norm: dict,
+                 device: torch.device, val_array=None, val_rows: np.ndarray | None = None):
+        from pipeline.device import to_input
+
+        self.to_input, self.norm, self.device, self.batch_size = to_input, norm, device, batch_size
+        self.dataset, self.sampler = dataset, EpochSampler(len(dataset))
+        self.loader = loader(dataset, self.sampler, batch_size, workers, device.type == "cuda", drop_last, seed)
+        self.val_array, self.val_rows = val_array, val_rows
+
+    def epoch(self, order: np.ndarray, seed: int):
+        if self.dataset.transform is not None:
+            self.dataset.transform.set_random_seed(seed)
+        self.sampler.set_order(order)
+        order_t = torch.as_tensor(np.asarray(order)).to(self.device)
+        for k, (images, _, _) in enumerate(self.loader):
+            yield self.to_input(images, self.norm, self.device), order_t[k * self.batch_size : k * self.batch_size + len(images)]
+
+    def validation(self, batch_size: int, start: int, stop: int):
+        """Normalised validation images start..stop (positions among the validation rows), read from the cache."""
+        for first in range(start, stop, batch_size):
+            images = torch.from_numpy(self.val_array[self.val_rows[first : min(first + batch_size, stop)]]).permute(0, 3, 1, 2)
+            if self.device.type == "cuda":
+                images = images.pin_memory()
+            yield self.to_input(images, self.norm, self.device)

@@ -1,14 +1,24 @@
-"""One fold: build model, optimiser, schedule; train epoch by epoch; validate; checkpoint; resume.
+"""One fold, as a story of named steps:
+
+    fold = build_fold(...)          model, optimiser, EMA, data path, per-row targets on the device
+    progress = resume(fold, ...)    from last.pt when it was written with this recipe and data
+    for each epoch:
+        train_one_epoch(...)        the step, with no host sync but a loss read every train.log_every steps
+        evaluate(...)               the EMA (or model) on the validation rows, at eval_batch_size
+        save(...)                   best.pt when it improves, last.pt every checkpoint_every epochs and at the end
+        report_epoch(...)           the one place an epoch is reported (pipeline.console)
 
 Resume: last.pt holds model, optimiser, scaler, EMA, the epoch and the metrics history. The schedule is
 a function of the step and the sample order and augmentation seeds are functions of (seed, fold,
-epoch), so restarting at an epoch boundary continues exactly as if never stopped.
+epoch), so restarting at an epoch boundary continues exactly as if never stopped. Execution-only
+settings (AMP, compile, data path, workers, ...) may differ between the two runs.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +26,26 @@ import pandas as pd
 import timm.optim
 import torch
 from timm.data import Mixup
-from timm.utils import ModelEmaV3
 
-from stages.train import distill
 from pipeline import distributed as ddp
 from pipeline.artifacts import write_csv
-from pipeline.console import console, progress_bar
-from pipeline.params import Params
+from pipeline.console import EpochResult, console, progress_bar, report_epoch
+from pipeline.device import autocast_dtype
 from pipeline.errors import StageError
-from stages.train import checkpoint, curriculum, losses, schedule
-from stages.train import gpu_augment
-from stages.train.data import CacheDataset, EpochSampler, epoch_order, loader, sampling_weights
-from pipeline.device import autocast_dtype, to_input
+from pipeline.params import Params
+from stages.train import checkpoint, curriculum, distill, losses, schedule
+from stages.train.batch_size import scaled_lr
+from stages.train.data import CacheDataset, LoaderBatches, epoch_order, sampling_weights
+from stages.train.ema import Ema
+from stages.train.gpu_augment import DeviceBatches
+from stages.train.metrics import Scoring
 from stages.train.model import apply_freezing, create_model, param_groups
+from stages.train.rows import Rows, TrainData
+
+# Settings that change how fast a fold trains, not what it learns: a last.pt written under other
+# values of these still resumes (an fp16 run resumed under bf16 simply starts with an empty scaler).
+EXECUTION_KEYS = {"amp", "compile", "channels_last", "cudnn_benchmark", "gpu_augment", "gpu_cache_fraction", "workers", "device",
+                  "log_every", "checkpoint_every", "eval_batch_size", "dist_timeout", "fold", "batch_size_max"}
 
 
 def seed_everything(seed: int) -> None:
@@ -40,180 +57,351 @@ def write_metrics(path: Path, history: list[dict]) -> None:
         write_csv(path, pd.DataFrame(history))
 
 
-@torch.no_grad()
-def predict(model, pixels, rows, norm, device, batch_size, amp, multi_label: bool = False) -> np.ndarray:
-    """Probabilities (softmax; sigmoid per tag for multi-label) of `rows` of a RowStack (which reads each
-    batch in row order and returns it as asked)."""
-    model.eval()
-    out = []
-    for start in range(0, len(rows), batch_size):
-        images = torch.from_numpy(pixels[rows[start : start + batch_size]])
-        x = to_input(images.permute(0, 3, 1, 2), norm, device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out.append(losses.probabilities(model(x).float(), multi_label).cpu().numpy())
-    return np.concatenate(out)
+@dataclass
+class RowTargets:
+    """Per-row training targets on the device, indexed there by a batch's row positions (a device
+    tensor), so no step copies from the host. N x classes floats: 400 MB for 100k rows x 1000 classes."""
+
+    targets: torch.Tensor
+    weights: torch.Tensor
+    teacher: torch.Tensor | None
+    kl_weight: torch.Tensor | None
+
+    @classmethod
+    def of(cls, part: Rows, alpha: float, device: torch.device) -> "RowTargets":
+        on = lambda a: torch.as_tensor(a).to(device)  # noqa: E731
+        taught = part.teacher is not None
+        return cls(on(part.targets), on(part.weights), on(part.teacher) if taught else None,
+                   on(distill.kl_weights(part.kind == "teacher", alpha)) if taught else None)
 
 
-def train_fold(fold: int, data: dict, params: Params, out: Path, device: torch.device) -> np.ndarray:
-    """Train fold `fold`; returns the best checkpoint's validation probabilities (OOF rows)."""
+@dataclass
+class Fold:
+    """One fold's training state, built once by build_fold."""
+
+    index: int
+    dir: Path
+    seed: int
+    part: Rows  # the training rows
+    val_rows: np.ndarray  # RowStack rows of the validation images
+    val_labels: np.ndarray  # what metrics score against: class indices, or (N, K) 0/1 tags for multi-label
+    model: torch.nn.Module
+    forward: ddp.Forward
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: Ema | None
+    mixup: Mixup | None
+    rows: RowTargets
+    class_weight: torch.Tensor | None
+    source: DeviceBatches | LoaderBatches
+    lr: float  # peak lr after batch scaling
+    steps_per_epoch: int
+    warmup: int
+    amp: torch.dtype | None
+    batch_size: int  # this rank's batch
+    drop_last: bool
+    draw: np.ndarray | None  # class-balanced draw probabilities
+    meta: dict  # what best.pt and last.pt carry besides weights
+    channels_last: bool = False  # channels_last inputs (CUDA only)
+    difficulty: np.ndarray | None = None
+    scoring: Scoring | None = None  # the selection metric (train.metric resolved for the task)
+    multi_label: bool = False  # sigmoid outputs and tag targets
+
+    def lr_at(self, step: int, p) -> float:
+        return schedule.lr_at(step, self.steps_per_epoch * p.epochs, self.warmup, self.lr, p, self.steps_per_epoch)
+
+
+@dataclass
+class Progress:
+    """What resume restores and each epoch updates."""
+
+    history: list = field(default_factory=list)
+    best: float | None = None
+    best_probs: np.ndarray | None = None
+    stale: int = 0  # epochs without improvement
+    start_epoch: int = 0
+    step: int = 0  # optimiser steps so far
+    saved_after: int = -1  # last epoch written to last.pt
+    write_seconds: float = 0.0  # how long the last last.pt write took
+    since_write: float = 0.0  # training seconds since then
+
+
+def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, device: torch.device, path: str) -> np.ndarray:
+    """Train one fold on the `path` ("device" or "loader") chosen for the run; returns the best
+    checkpoint's validation probabilities (OOF rows)."""
+    p = params.train
+    fold = build_fold(fold_index, data, params, out, device, path)
+    progress = resume(fold, params)
+    if p.curriculum and progress.start_epoch < p.epochs:
+        fold.difficulty = rank_difficulty(fold, data, params, device)
+    with progress_bar() as bar:
+        task = bar.add_task(f"fold {fold_index}", total=p.epochs, completed=progress.start_epoch, info="")
+        for epoch in range(progress.start_epoch, p.epochs):
+            if p.patience and progress.stale >= p.patience:
+                console.print(f"fold {fold_index}: early stop, no improvement in {p.patience} epochs")
+                break
+            t0 = time.perf_counter()
+            train_loss, images_per_s, frozen, fraction = train_one_epoch(fold, params, epoch, progress, bar, task)
+            probs = evaluate(fold, p.eval_batch_size)
+            scores = fold.scoring.scores(fold.val_labels, probs)
+            metric = fold.scoring.metric
+            progress.history.append({"epoch": epoch, "lr": fold.lr_at(max(0, progress.step - 1), p), "train_loss": train_loss,
+                                     "val_loss": scores["log_loss"], **{f"val_{k}": v for k, v in scores.items()},
+                                     "seconds": time.perf_counter() - t0, "images_per_s": images_per_s, "pool": fraction, "frozen": frozen})
+            save(fold, params, progress, epoch, probs, scores[metric], time.perf_counter() - t0)
+            report_epoch(EpochResult(fold_index, epoch, p.epochs, train_loss, scores["log_loss"], metric, scores[metric],
+                                     progress.best, images_per_s, time.perf_counter() - t0), bar, task)
+    if progress.history and progress.saved_after != progress.history[-1]["epoch"]:
+        write_last(fold, params, progress, progress.history[-1]["epoch"])  # an early stop between checkpoints
+    return progress.best_probs
+
+
+def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, device: torch.device, path: str) -> Fold:
+    """The fold's rows, model, optimiser, EMA, mixing, data path and schedule."""
     p, d = params.train, params.distill
-    fold_dir = out / f"fold{fold}"
+    fold_dir = out / f"fold{fold_index}"
     if ddp.is_main():  # every rank computes in this folder; only rank 0 writes there
         fold_dir.mkdir(parents=True, exist_ok=True)
-    seed = params.seed * 1000 + fold
+    seed = params.seed * 1000 + fold_index
     seed_everything(seed)
-    rows = data["rows"]
-    train_idx, val_idx = rows.fold_split(fold)
-    part = rows.subset(train_idx)
+    train_idx, val_idx = data.rows.fold_split(fold_index)
+    part = data.rows.subset(train_idx)
     if ddp.is_main():
-        console.print(f"fold {fold}: training on {part.describe()} rows, validating on {len(val_idx)} labelled images")
-    pixels = data["pixels"]
-    num_classes = len(data["classes"])
-    dataset = CacheDataset(pixels, part.rows, part.labels, data["transform"])
-    probs_draw = sampling_weights(part.labels, p.sampler)
-    # Targets, weights and teacher probabilities are looked up by the row position each batch returns
-    # (kept in host memory: N x classes can be large; a batch's rows move to the device per step).
-    soft, weights = torch.as_tensor(part.targets), torch.as_tensor(part.weights)
-    teacher = torch.as_tensor(part.teacher) if part.teacher is not None else None
-    kl_weight = torch.as_tensor(distill.kl_weights(part.kind == "teacher", d.alpha))
+        console.print(f"fold {fold_index}: training on {part.describe()} rows, validating on {len(val_idx)} labelled images")
+    batch_size = ddp.local_batch(p.batch_size)  # this rank's share of the global batch
     steps_per_epoch = max(1, len(part) // p.batch_size) // p.accumulate or 1
-    total = p.epochs * steps_per_epoch
-    warmup = int(p.warmup_epochs * steps_per_epoch)
-    lr = p.lr * (p.batch_size * p.accumulate / p.lr_base_batch if p.lr_base_batch else 1.0)
-    amp = autocast_dtype(p.amp, device)
-    on_device = p.gpu_augment == "always" or (p.gpu_augment == "auto" and gpu_augment.fits(len(part) * pixels[0].nbytes, device, p.gpu_cache_fraction))
-    if on_device and data["gpu_recipe"] is None:
-        raise StageError("train.gpu_augment: augment/gpu_augment.json is missing; rerun `pipeline augment`")
-    device_batches = gpu_augment.DeviceBatches(pixels, part.rows, part.labels, data["gpu_recipe"], data["norm"], device) if on_device else None
-
-    model = create_model(p, num_classes, pixels.shape[3]).to(device)
+    drop_last = len(part) >= p.batch_size
+    val_rows = data.rows.rows[val_idx]
+    if path == "device":
+        source = DeviceBatches(data.pixels, part.rows, val_rows, data.gpu_recipe, data.norm, device)
+    else:
+        dataset = CacheDataset(data.pixels, part.rows, part.labels, data.transform)
+        source = LoaderBatches(dataset, batch_size, p.workers, drop_last, seed, data.norm, device, data.pixels, val_rows)
+    model = create_model(p, len(data.classes), data.pixels.shape[3]).to(device)
     if p.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay, momentum=p.momentum)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    ema = ModelEmaV3(model, decay=p.ema, use_warmup=True) if p.ema > 0 else None
-    mixup = Mixup(mixup_alpha=p.mixup, cutmix_alpha=p.cutmix, prob=p.mix_prob, label_smoothing=0.0) if p.mixup or p.cutmix else None
-    multi_label, scoring = data["task"].multi_label, data["scoring"]
-    cw = losses.class_weights(part.targets if multi_label else part.labels, num_classes, p.class_weights)
-    cw = torch.tensor(cw, dtype=torch.float32, device=device) if cw is not None else None
+    lr = scaled_lr(p, p.batch_size)
+    optimizer = timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay,
+                                               momentum=p.momentum, **fused_kwargs(p.optimizer, device.type))
+    amp = autocast_dtype(p.amp, device)
+    multi_label = data.task.multi_label
+    class_weight = losses.class_weights(part.targets if multi_label else part.labels, len(data.classes), p.class_weights)
+    warmup = int(p.warmup_epochs * steps_per_epoch)
     if ddp.is_main():
-        schedule.plot(fold_dir / "lr_schedule.png", total, warmup, lr, p, steps_per_epoch)
+        schedule.plot(fold_dir / "lr_schedule.png", p.epochs * steps_per_epoch, warmup, lr, p, steps_per_epoch)
+    meta = {"model": p.model, "classes": data.classes, "task": data.task.kind, "in_chans": int(data.pixels.shape[3]), "norm": data.norm,
+            "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold_index}
+    val_truth = data.rows.targets[val_idx].round().astype(int) if multi_label else data.rows.labels[val_idx]
+    return Fold(fold_index, fold_dir, seed, part, val_rows, val_truth, model,
+                ddp.Forward(model, device, p.sync_bn, p.compile and device.type == "cuda"), optimizer,
+                torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
+                Ema(model, p.ema, p.ema_warmup, p.ema_every) if p.ema > 0 else None,
+                Mixup(mixup_alpha=p.mixup, cutmix_alpha=p.cutmix, prob=p.mix_prob, switch_prob=p.mix_switch, label_smoothing=0.0)
+                if p.mixup or p.cutmix else None,
+                RowTargets.of(part, d.alpha, device),
+                torch.tensor(class_weight, dtype=torch.float32, device=device) if class_weight is not None else None,
+                source, lr, steps_per_epoch, warmup, amp, batch_size, drop_last, sampling_weights(part.labels, p.sampler), meta,
+                channels_last=p.channels_last and device.type == "cuda", scoring=data.scoring, multi_label=multi_label)
 
-    meta = {"model": p.model, "classes": data["classes"], "task": data["task"].kind, "in_chans": int(pixels.shape[3]), "norm": data["norm"],
-            "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold}
-    history, best, best_probs, start_epoch, stale = [], None, None, 0, 0
-    last = checkpoint.load(fold_dir / "last.pt")
-    same = lambda a, b: {k: v for k, v in a.items() if k != "fold"} == {k: v for k, v in b.items() if k != "fold"}  # noqa: E731
-    data_key = part.fingerprint()
-    if last is not None and same(last["params"], meta["params"]) and last.get("distill") == meta["distill"] \
-            and last.get("seed") == params.seed and last.get("data") == data_key:
-        model.load_state_dict(last["state_dict"])
-        optimizer.load_state_dict(last["optimizer"])
-        scaler.load_state_dict(last["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(last["ema_state_dict"])
-        history, best, stale, start_epoch = last["history"], last["best"], last["stale"], last["epoch"] + 1
-        best_probs = last["best_probs"]
-        console.print(f"fold {fold}: resuming after epoch {last['epoch']} from {fold_dir / 'last.pt'}")
+
+def fused_kwargs(optimizer: str, device_type: str) -> dict:
+    """Fused AdamW on CUDA: one kernel for the whole update, and the grad scaler hands it its inf check
+    instead of reading it on the host (no sync under fp16)."""
+    return {"fused": True} if optimizer == "adamw" and device_type == "cuda" else {}
+
+
+def resumable(last: dict, fold: Fold, params: Params) -> bool:
+    """Was last.pt written by this recipe on this data? Execution-only settings may differ."""
+    recipe = lambda q: {k: v for k, v in q.items() if k not in EXECUTION_KEYS}  # noqa: E731
+    return (recipe(last["params"]) == recipe(fold.meta["params"]) and last.get("distill") == fold.meta["distill"]
+            and last.get("seed") == params.seed and last.get("data") == fold.part.fingerprint())
+
+
+def resume(fold: Fold, params: Params) -> Progress:
+    """Progress restored from last.pt when it is resumable; a fresh start otherwise."""
+    last = checkpoint.load(fold.dir / "last.pt")
+    progress = Progress()
+    if last is not None and resumable(last, fold, params):
+        fold.model.load_state_dict(last["state_dict"])
+        fold.optimizer.load_state_dict(last["optimizer"])
+        if last["scaler"] and fold.scaler.is_enabled():  # empty when written without fp16: the scaler starts fresh
+            fold.scaler.load_state_dict(last["scaler"])
+        if fold.ema is not None and "ema_state_dict" in last:
+            fold.ema.module.load_state_dict(last["ema_state_dict"])
+        progress = Progress(last["history"], last["best"], last["best_probs"], last["stale"], last["epoch"] + 1,
+                            (last["epoch"] + 1) * fold.steps_per_epoch, last["epoch"])
+        console.print(f"fold {fold.index}: resuming after epoch {last['epoch']} from {fold.dir / 'last.pt'}")
     elif last is not None:
-        console.print(f"fold {fold}: {fold_dir / 'last.pt'} is from other params or data; starting over")
-    ddp.agree(start_epoch, f"fold {fold}'s resume epoch")
-    forward = ddp.Forward(model, device, p.sync_bn, p.compile and device.type == "cuda")
-    batch_size = ddp.local_batch(p.batch_size)  # this rank's share of the global batch
+        console.print(f"fold {fold.index}: {fold.dir / 'last.pt'} is from other params or data; starting over")
+    ddp.agree(progress.start_epoch, f"fold {fold.index}'s resume epoch")
+    return progress
 
-    difficulty = None
-    if p.curriculum and start_epoch < p.epochs:
-        difficulty = curriculum.difficulty(p.curriculum_score, array=pixels, rows=part.rows, targets=part.labels, ids=part.ids, norm=data["norm"],
-                                       p=p, classes=data["classes"], device=device, seed=seed)
-        difficulty = ddp.from_main(difficulty)  # the ranks must draw one global order
-        seed_everything(seed)
-    sampler = EpochSampler(len(part))
-    drop_last = len(part) >= p.batch_size
-    cpu_loader = None if device_batches is not None else loader(dataset, sampler, batch_size, p.workers, device.type == "cuda", drop_last, seed)
-    step = start_epoch * steps_per_epoch
-    with progress_bar() as bar:
-        task = bar.add_task(f"fold {fold}", total=p.epochs, completed=start_epoch, info="")
-        for epoch in range(start_epoch, p.epochs):
-            if p.patience and stale >= p.patience:
-                console.print(f"fold {fold}: early stop, no improvement in {p.patience} epochs")
-                break
-            seed_everything(ddp.rank_seed(seed * 100003 + epoch))
-            if dataset.transform is not None:
-                dataset.transform.set_random_seed(ddp.rank_seed(seed * 100003 + epoch))
-            frozen = apply_freezing(model, p, epoch)
-            fraction = curriculum.pool_fraction(epoch, p)
-            chosen = curriculum.pool(difficulty, fraction) if difficulty is not None else None
-            share = ddp.rank_share(epoch_order(len(part), epoch, seed, probs_draw, chosen), p.batch_size, drop_last, part.weights)
-            if device_batches is not None:
-                batches = device_batches.epoch(share.order, batch_size, drop_last, ddp.rank_seed(seed * 100003 + epoch))
-            else:
-                sampler.set_order(share.order)
-                batches = ((to_input(images, data["norm"], device), y, idx) for images, y, idx in cpu_loader)
-            mixing = mixup is not None and epoch < p.epochs - p.mix_off_epochs
-            model.train()
-            optimizer.zero_grad(set_to_none=True)  # accumulation never carries a partial step across epochs
-            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-            for i, (x, _, idx) in enumerate(batches):
-                if p.channels_last and device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                target, w = soft[idx].to(device), weights[idx].to(device)
-                taught, klw = (teacher[idx].to(device), kl_weight[idx].to(device)) if teacher is not None else (None, None)
-                if mixing and len(x) % 2 == 0:
-                    x, mix = losses.mixing_matrix(mixup, x)
-                    target = mix @ target
-                    if taught is not None:
-                        taught, klw = mix @ taught, mix @ klw
-                forward.sync_grads((i + 1) % p.accumulate == 0)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits = forward(x)
-                per_sample = losses.hard_loss(logits, target, cw, p, multi_label)
-                if taught is not None:
-                    per_sample = distill.combine(per_sample, logits, taught, klw, d.temperature, d.alpha, multi_label)
-                loss = (per_sample * w).sum() / share.denominator(i, w)
-                if p.l1:
-                    loss = loss + p.l1 * sum(q.abs().sum() for q in model.parameters() if q.ndim > 1 and q.requires_grad)
-                if ddp.any_rank(not torch.isfinite(loss)):
-                    raise StageError(f"fold {fold}: loss is {loss.item()} at epoch {epoch}, step {step}; stopped, "
-                                     f"last good checkpoint kept in {fold_dir / 'last.pt'} (lower train.lr or set train.grad_clip)")
-                scaler.scale(loss / p.accumulate).backward()
-                if (i + 1) % p.accumulate == 0:
-                    for group in optimizer.param_groups:
-                        group["lr"] = schedule.lr_at(step, total, warmup, lr, p, steps_per_epoch) * group["lr_scale"]
-                    if p.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    if ema is not None:
-                        ema.update(model, step=step)
-                seen += len(x)
-                loss_sum += loss.item() * len(x)
-                bar.update(task, info=f"loss {loss_sum / seen:.3f}  {seen / (time.perf_counter() - t0):.0f} img/s")
-            train_seconds = time.perf_counter() - t0
-            loss_sum, seen = ddp.all_sum([loss_sum, seen])
-            evaluated = ema.module if ema is not None else model
-            ddp.sync_buffers(evaluated)
-            probs = ddp.gather_rows(lambda r: predict(evaluated, pixels, r, data["norm"], device, p.eval_batch_size, amp, multi_label),
-                                    rows.rows[val_idx])
-            scores = scoring.scores(rows.targets[val_idx].round().astype(int) if multi_label else rows.labels[val_idx], probs)
-            row = {"epoch": epoch, "lr": schedule.lr_at(max(0, step - 1), total, warmup, lr, p, steps_per_epoch),
-                   "train_loss": loss_sum / max(1, seen), "val_loss": scores["log_loss"],
-                   **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.perf_counter() - t0,
-                   "images_per_s": seen / max(train_seconds, 1e-9), "pool": fraction, "frozen": frozen}
-            history.append(row)
-            state = {**meta, "epoch": epoch, "metric": scores[scoring.metric], "state_dict": model.state_dict()}
-            if ema is not None:
-                state["ema_state_dict"] = ema.module.state_dict()
-            if scoring.better(scores[scoring.metric], best):
-                best, best_probs, stale = scores[scoring.metric], probs, 0
-                checkpoint.save(fold_dir / "best.pt", state)
-            else:
-                stale += 1
-            checkpoint.save(fold_dir / "last.pt", {**state, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                                   "history": history, "best": best, "best_probs": best_probs, "stale": stale,
-                                                   "seed": params.seed, "data": data_key})
-            write_metrics(fold_dir / "metrics.csv", history)
-            bar.update(task, advance=1, info=f"{scoring.metric} {scores[scoring.metric]:.4f} (best {best:.4f})")
-    return best_probs
+
+def rank_difficulty(fold: Fold, data: TrainData, params: Params, device: torch.device) -> np.ndarray:
+    """Curriculum difficulty of the training rows (one global order for every rank)."""
+    difficulty = curriculum.difficulty(params.train.curriculum_score, array=data.pixels, rows=fold.part.rows, targets=fold.part.labels,
+                                       ids=fold.part.ids, norm=data.norm, p=params.train, classes=data.classes, device=device,
+                                       seed=fold.seed)
+    seed_everything(fold.seed)
+    return ddp.from_main(difficulty)
+
+
+def epoch_batches(fold: Fold, p, epoch: int):
+    """The epoch's sample order (class balance, curriculum pool, this rank's share) and its batches."""
+    seed = ddp.rank_seed(fold.seed * 100003 + epoch)
+    seed_everything(seed)
+    fraction = curriculum.pool_fraction(epoch, p)
+    chosen = curriculum.pool(fold.difficulty, fraction) if fold.difficulty is not None else None
+    share = ddp.rank_share(epoch_order(len(fold.part), epoch, fold.seed, fold.draw, chosen), p.batch_size, fold.drop_last, fold.part.weights)
+    if isinstance(fold.source, DeviceBatches):
+        return share, fold.source.epoch(share.order, fold.batch_size, fold.drop_last, seed), fraction
+    return share, fold.source.epoch(share.order, seed), fraction
+
+
+def train_one_epoch(fold: Fold, params: Params, epoch: int, progress: Progress, bar, task) -> tuple[float, float, str, float]:
+    """One pass over the epoch's batches -> (mean train loss, images/s, freezing state, pool fraction).
+    The loss stays on the device; it is read (and checked finite) every log_every steps and at the end."""
+    p = params.train
+    frozen = apply_freezing(fold.model, p, epoch)
+    share, batches, fraction = epoch_batches(fold, p, epoch)
+    mixing = fold.mixup is not None and epoch < p.epochs - p.mix_off_epochs
+    fold.model.train()
+    fold.optimizer.zero_grad(set_to_none=True)  # accumulation never carries a partial step across epochs
+    meter = LossMeter(fold, epoch)
+    for i, (x, idx) in enumerate(batches):
+        loss = batch_loss(fold, params, x, idx, mixing, share, i)
+        fold.scaler.scale(loss / p.accumulate).backward()
+        if (i + 1) % p.accumulate == 0:
+            optimiser_step(fold, p, progress)
+        meter.add(loss, len(x))
+        if (i + 1) % p.log_every == 0:
+            meter.check(progress.step, bar, task)
+    meter.check(progress.step, bar, task)
+    train_loss, images_per_s = meter.finish()
+    return train_loss, images_per_s, frozen, fraction
+
+
+def batch_loss(fold: Fold, params: Params, x: torch.Tensor, idx: torch.Tensor, mixing: bool, share, i: int) -> torch.Tensor:
+    """The weighted loss of one batch (its targets, weights and teacher rows indexed on the device)."""
+    p, d = params.train, params.distill
+    if fold.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rows = fold.rows
+    target, weight = rows.targets[idx], rows.weights[idx]
+    taught, kl_weight = (rows.teacher[idx], rows.kl_weight[idx]) if rows.teacher is not None else (None, None)
+    if mixing and len(x) % 2 == 0:
+        x, mix = losses.mixing_matrix(fold.mixup, x)
+        target = mix @ target
+        if taught is not None:
+            taught, kl_weight = mix @ taught, mix @ kl_weight
+    fold.forward.sync_grads((i + 1) % p.accumulate == 0)
+    with torch.autocast(x.device.type, dtype=fold.amp, enabled=fold.amp is not None):
+        logits = fold.forward(x)
+    per_sample = losses.hard_loss(logits, target, fold.class_weight, p, fold.multi_label)
+    if taught is not None:
+        per_sample = distill.combine(per_sample, logits, taught, kl_weight, d.temperature, d.alpha, fold.multi_label)
+    loss = (per_sample * weight).sum() / share.denominator(i, weight)
+    if p.l1:
+        loss = loss + p.l1 * sum(q.abs().sum() for q in fold.model.parameters() if q.ndim > 1 and q.requires_grad)
+    return loss
+
+
+def optimiser_step(fold: Fold, p, progress: Progress) -> None:
+    """lr for this step, optional clipping, the (scaled) optimiser step, the EMA every ema_every steps."""
+    for group in fold.optimizer.param_groups:
+        group["lr"] = fold.lr_at(progress.step, p) * group["lr_scale"]
+    if p.grad_clip:
+        fold.scaler.unscale_(fold.optimizer)
+        torch.nn.utils.clip_grad_norm_(fold.model.parameters(), p.grad_clip)
+    fold.scaler.step(fold.optimizer)
+    fold.scaler.update()
+    fold.optimizer.zero_grad(set_to_none=True)
+    progress.step += 1
+    if fold.ema is not None:
+        fold.ema.update(fold.model, progress.step)
+
+
+class LossMeter:
+    """The epoch's summed loss on the device; `check` is the step's one host read."""
+
+    def __init__(self, fold: Fold, epoch: int):
+        self.fold, self.epoch = fold, epoch
+        self.total = torch.zeros((), dtype=torch.float64, device=fold.rows.weights.device)
+        self.seen, self.value, self.t0 = 0, 0.0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        self.total += loss.detach() * n
+        self.seen += n
+
+    def check(self, step: int, bar, task) -> None:
+        """Read the running loss; stop every rank together when it is not finite."""
+        self.value = self.total.item()
+        if ddp.any_rank(not np.isfinite(self.value)):
+            raise StageError(f"fold {self.fold.index}: loss is {self.value} at epoch {self.epoch}, by step {step}; stopped, "
+                             f"last good checkpoint kept in {self.fold.dir / 'last.pt'} (lower train.lr or set train.grad_clip)")
+        bar.update(task, info=f"loss {self.value / max(1, self.seen):.3f}  {self.seen / (time.perf_counter() - self.t0):.0f} img/s")
+
+    def finish(self) -> tuple[float, float]:
+        seconds = time.perf_counter() - self.t0
+        total, seen = ddp.all_sum([self.value, self.seen])
+        return total / max(1, seen), seen / max(seconds, 1e-9)
+
+
+@torch.no_grad()
+def evaluate(fold: Fold, batch_size: int) -> np.ndarray:
+    """Probabilities (softmax, or sigmoid per tag) of the EMA (or the model) on the fold's validation rows, in row order, from the data
+    path's own copy (on the device for the device path); one host copy at the end."""
+    model = fold.ema.module if fold.ema is not None else fold.model
+    ddp.sync_buffers(model)
+    model.eval()
+
+    def predict(positions: np.ndarray) -> np.ndarray:  # a contiguous run of validation positions (this rank's)
+        out = []
+        for x in fold.source.validation(batch_size, int(positions[0]), int(positions[-1]) + 1):
+            if fold.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(x.device.type, dtype=fold.amp, enabled=fold.amp is not None):
+                out.append(losses.probabilities(model(x).float(), fold.multi_label))
+        return torch.cat(out).cpu().numpy()
+
+    return ddp.gather_rows(predict, np.arange(len(fold.val_rows)))
+
+
+def save(fold: Fold, params: Params, progress: Progress, epoch: int, probs: np.ndarray, value: float, epoch_seconds: float) -> None:
+    """best.pt when the metric improves; last.pt when due (checkpoint_every) and after the last epoch."""
+    p = params.train
+    if fold.scoring.better(value, progress.best):
+        progress.best, progress.best_probs, progress.stale = value, probs, 0
+        checkpoint.save(fold.dir / "best.pt", weights(fold, epoch, value))
+    else:
+        progress.stale += 1
+    progress.since_write += epoch_seconds
+    if checkpoint_due(p.checkpoint_every, epoch, p.epochs, progress.write_seconds, progress.since_write):
+        write_last(fold, params, progress, epoch)
+    write_metrics(fold.dir / "metrics.csv", progress.history)
+
+
+def checkpoint_due(every: int | str, epoch: int, epochs: int, write_seconds: float, since_write: float) -> bool:
+    """last.pt after this epoch? Always after the last; every `every` epochs; auto: when the last write
+    took at most 2% of the training time since it (so a checkpoint never costs more than 2%)."""
+    if epoch == epochs - 1:
+        return True
+    if every == "auto":
+        return write_seconds <= 0.02 * since_write
+    return (epoch + 1) % every == 0
+
+
+def weights(fold: Fold, epoch: int, value: float) -> dict:
+    state = {**fold.meta, "epoch": epoch, "metric": value, "state_dict": fold.model.state_dict()}
+    if fold.ema is not None:
+        state["ema_state_dict"] = fold.ema.module.state_dict()
+    return state
+
+
+def write_last(fold: Fold, params: Params, progress: Progress, epoch: int) -> None:
+    t0 = time.perf_counter()
+    checkpoint.save(fold.dir / "last.pt", {**weights(fold, epoch, progress.history[-1][f"val_{fold.scoring.metric}"]),
+                                           "optimizer": fold.optimizer.state_dict(), "scaler": fold.scaler.state_dict(),
+                                           "history": progress.history, "best": progress.best, "best_probs": progress.best_probs,
+                                           "stale": progress.stale, "seed": params.seed, "data": fold.part.fingerprint()})
+    progress.saved_after, progress.write_seconds, progress.since_write = epoch, time.perf_counter() - t0, 0.0

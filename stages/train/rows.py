@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
+
+from pipeline.tasks import Task
+from stages.train.metrics import Scoring
 
 
 @dataclass
@@ -107,3 +111,17 @@ class RowStack:
             order = np.argsort(local, kind="stable")  # memory maps read fastest in row order
             out[at[order]] = self.parts[k][local[order]]
         return out
+
+
+@dataclass
+class TrainData:
+    """What every fold trains from (stages.train.load_data)."""
+
+    rows: Rows  # every row that may train; labelled rows validate
+    pixels: Any  # RowStack of the uint8 caches
+    classes: list[str]
+    transform: Any  # the albumentations pipeline (CPU path)
+    gpu_recipe: dict | None  # the same recipe for the device path
+    norm: dict  # input mean/std
+    task: Task  # the task kind (multi-label: sigmoid outputs, tag targets)
+    scoring: Scoring  # the selection metric, resolved for the task (stages.train.metrics)
