@@ -14,6 +14,7 @@ from pipeline.artifacts import read_json
 from pipeline.errors import StageError
 from pipeline.tasks import Task
 
+TIE_BREAK = 1e-3  # weight of the log loss beside a stepwise metric in the run-weight search
 BOOTSTRAP = 50  # resamples of the measured images for the paired test of a general metric
 
 
@@ -53,9 +54,14 @@ class Scoring:
         return metrics.get(name)[0].higher_is_better
 
     def run_objective(self, truth: np.ndarray):
-        """Loss to minimise over run weights: the train metric, signed so lower is better."""
+        """Loss to minimise over run weights: the train metric, signed so lower is better, plus a
+        thousandth of the log loss, which breaks the ties of a stepwise metric (accuracy, F-beta, AUC are
+        flat between answer changes) so the search still moves towards the better run."""
         sign = -1.0 if self.higher_is_better(self.metric) else 1.0
-        return lambda probs: sign * metrics.score(self.metric, truth, probs, self.options)
+        if self.metric == "log_loss":
+            return lambda probs: metrics.score("log_loss", truth, probs, self.options)
+        return lambda probs: (sign * metrics.score(self.metric, truth, probs, self.options)
+                              + TIE_BREAK * metrics.score("log_loss", truth, probs, self.options))
 
     def thresholds(self, truth: np.ndarray, probs: np.ndarray, wanted) -> tuple[np.ndarray | float, str]:
         """Multi-label decision thresholds: predict.thresholds, or per class fitted on the OOF rows for
