@@ -61,12 +61,12 @@ def detect(root: Path, params) -> dict:
     d = params.data
     data = discover(root, d.id_column, d.label_column, d.task, d.tag_separator, d.class_order)
     train = data.manifest[data.manifest.split == "train"]
-    metric, why = metrics.resolve(params.train.metric, data.task.kind, params.predict.top_k or data.task.top_k)
+    top_k = params.predict.top_k or data.task.top_k
+    metric, why = metrics.resolve(params.train.metric, data.task.kind, top_k)
     return {
         "layout": data.layout,
         "columns": data.columns,
-        "task": f"{data.task.kind} ({data.task.why})",
-        "answers per image": params.predict.top_k or data.task.top_k,
+        "task": f"{data.task.kind} ({data.task.why})" + (f", {top_k} answers per image" if top_k > 1 else ""),
         "classes": f"{len(data.classes)}: {', '.join(data.classes[:8])}{', ...' if len(data.classes) > 8 else ''}",
         "train images": len(train),
         "test images": int((data.manifest.split == "test").sum()),

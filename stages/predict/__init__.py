@@ -243,7 +243,8 @@ def run(params: Params, paths) -> dict:
     submission = build_submission(sample, ids, probs, ctx.classes, answers)
     write_submission(out / "submission.csv", submission, sample, ctx.classes, answers)
 
-    predicted = pd.Series([ctx.classes[k] for k in probs.argmax(1)])
+    predicted = (pd.Series([c for row in answers.tags(probs) for c, on in zip(ctx.classes, row) if on]) if ctx.multi_label
+                 else pd.Series([ctx.classes[k] for k in probs.argmax(1)]))  # multi-label: every tag answered
     leaks_reported = len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", []))
     summary = {
         "members": len(ctx.members),
@@ -251,7 +252,7 @@ def run(params: Params, paths) -> dict:
         "missing folds": ctx.missing,
         **weights,
         "task": f"{ctx.task.kind} ({ctx.task.why})" + (f", {answers.top_k} answers per image" if answers.top_k > 1 else ""),
-        f"ensemble oof {ctx.scoring.metric} (no TTA)": oof_metric,
+        f"ensemble oof {ctx.scoring.metric} (no TTA{', thresholds fitted on it' if thresholds_from and 'fitted' in thresholds_from else ''})": oof_metric,
         **({"decision thresholds": thresholds_from} if ctx.multi_label else {}),
         "ensemble oof accuracy (no TTA)": oof_accuracy,
         "ensemble oof log loss (no TTA)": oof_log_loss,
@@ -269,7 +270,7 @@ def run(params: Params, paths) -> dict:
         "corrected by cluster consistency": int((changes.rule == "cluster").sum()),
         "predictions changed by correction": int((changes.before != changes.after).sum()),
         "mean confidence": float(probs.max(1).mean()),
-        "predicted classes": predicted.value_counts().head(10).to_dict(),
+        "predicted tags" if ctx.multi_label else "predicted classes": predicted.value_counts().head(10).to_dict(),
     }
     write_json(out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
     shown = train_labels.map(lambda c: tasks.split_tags(c, ctx.task.separator)).explode() if ctx.multi_label else train_labels
