@@ -115,7 +115,8 @@ def pairwise_pr(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 def clusters_from(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     uf = UnionFind(n)
-    uf.union_pairs(a, b)
+    for x, y in zip(a.tolist(), b.tolist()):
+        uf.union(x, y)
     return uf.labels()
 
 

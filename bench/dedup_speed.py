@@ -52,7 +52,8 @@ def one_size(n: int, seed: int) -> dict:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     uf = UnionFind(n)
-    uf.union_pairs(i, j)
+    for a, b in zip(i.tolist(), j.tolist()):
+        uf.union(a, b)
     labels = uf.labels()
     t2 = time.perf_counter()
     found = set((i * n + j).tolist())

@@ -23,6 +23,7 @@ import numpy as np
 import timm
 import torch
 
+from pipeline.device import autocast_dtype  # noqa: E402
 from stages.predict.ensemble import predict_views  # noqa: E402
 from stages.predict.tta import expand  # noqa: E402
 
@@ -53,6 +54,7 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
+    amp = autocast_dtype("auto", device)
     torch.backends.cudnn.benchmark = True
     model = timm.create_model(args.model, pretrained=False, num_classes=args.classes).to(device).eval()
     if cuda:
@@ -71,18 +73,18 @@ def main() -> None:
 
         @torch.no_grad()
         def ceiling():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 model(x)
 
         ceiling_s = timed(ceiling, max(3, args.repeat)) / args.batch_size
         name = torch.cuda.get_device_name() if cuda else "CPU"
         print(f"{args.model} {args.size}px on {name}, {args.images} images, batch {args.batch_size} (images x views)")
-        print(f"ceiling (forward only, data on device, amp={cuda}): {1 / ceiling_s:,.0f} image-views/s")
+        print(f"ceiling (forward only, data on device, amp={amp}): {1 / ceiling_s:,.0f} image-views/s")
         print(f"{'TTA set':<10} {'views':>5} {'images/s':>10} {'views/s':>10} {'of ceiling':>10} {'1 view/pass':>12} {'batched gain':>12}")
         for label, groups in SETS.items():
             views = expand(groups, 0.0625, 0.1, 0.875)
-            batched = timed(lambda: predict_views(model, array, rows, norm, views, args.batch_size, device, amp=cuda), args.repeat)
-            looped = timed(lambda: [predict_views(model, array, rows, norm, [v], args.batch_size, device, amp=cuda) for v in views], 1)
+            batched = timed(lambda: predict_views(model, array, rows, norm, views, args.batch_size, device, amp=amp), args.repeat)
+            looped = timed(lambda: [predict_views(model, array, rows, norm, [v], args.batch_size, device, amp=amp) for v in views], 1)
             ips = args.images / batched
             print(f"{label:<10} {len(views):>5} {ips:>10,.0f} {ips * len(views):>10,.0f} {ips * len(views) * ceiling_s:>10.2f} "
                   f"{args.images / looped:>12,.0f} {looped / batched:>11.2f}x")

@@ -120,23 +120,36 @@ def hash_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def list_files(root: Path) -> list[Path]:
-    """Every regular file below root, sorted, hidden names (temp files, locks) left out."""
+    """Every regular file below root, sorted, hidden names (temp files, locks) left out. Linked folders
+    are followed: a predict-only workdir links the train side of a finished one (pipeline.newtest)."""
     root = Path(root)
+    if root.is_file():
+        return [root]
     files = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return files
 
 
-def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = ()) -> str:
-    """Fingerprint of a file tree: relative names with sizes and mtimes, or with content hashes."""
+def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> str:
+    """Fingerprint of a file tree: names relative to root (so a moved folder keeps its fingerprint) with
+    sizes and mtimes, or with content hashes. `only`: the files and folders directly under root that
+    count (the train side of a competition folder is train/ and train.csv); absent ones count as absent."""
     root = Path(root)
     rows = []
-    for path in list_files(root):
-        rel = path.relative_to(root).as_posix()
-        if rel in exclude:
-            continue
-        stat = path.stat()
-        rows.append([rel, hash_file(path)] if content else [rel, stat.st_size, stat.st_mtime_ns])
+    for top in sorted(only) if only is not None else [None]:
+        for path in list_files(root if top is None else root / top) if top is None or (root / top).exists() else []:
+            rel = path.relative_to(root).as_posix()
+            if rel in exclude:
+                continue
+            stat = path.stat()
+            rows.append([rel, hash_file(path)] if content else [rel, stat.st_size, stat.st_mtime_ns])
     return hash_data(rows)
+
+
+def finished_folds(folder: Path, key: str | None = None) -> list[int]:
+    """The fold<k>/ folders a per-fold stage finished (fold.json is written last, before the rename);
+    with `key`, only those trained with that params-and-inputs key."""
+    found = [d for d in Path(folder).glob("fold*/fold.json") if d.parent.name[4:].isdigit()]
+    return sorted(int(d.parent.name[4:]) for d in found if key is None or read_json(d)["key"] == key)

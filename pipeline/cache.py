@@ -1,4 +1,12 @@
-"""Read the preprocess cache: the index table and the memory-mapped uint8 arrays (no decoding)."""
+"""Read the preprocess cache and the dedup clusters, side by side (no decoding).
+
+preprocess/ and dedup/ each hold a train/ side, built from the training data alone, and a test/ side:
+  preprocess/train/{images.npy, index.csv, classes.json, task.json, report.json}
+  preprocess/test/{images.npy, index.csv, sample_submission.csv, report.json}
+  dedup/train/clusters.csv, dedup/test/clusters.csv
+A stage that depends on the train side alone (augment, train without test rows) reads `sides=("train",)`
+(its StagePaths.sides(name) says which), so no test image can reach it.
+"""
 
 from __future__ import annotations
 
@@ -13,28 +21,45 @@ from pipeline.errors import StageError
 from pipeline.tasks import Task, from_json
 
 
-def read_index(preprocess_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(Path(preprocess_dir) / "index.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+SIDES = ("train", "test")
+IMAGES = "images.npy"
 
 
-def read_arrays(preprocess_dir: Path) -> dict[str, np.ndarray]:
-    return {split: np.load(Path(preprocess_dir) / f"{split}.npy", mmap_mode="r") for split in ("train", "test")}
+def read_index(preprocess_dir: Path, sides: tuple[str, ...] = SIDES) -> pd.DataFrame:
+    """id, split, label, row (into that split's images.npy), path (relative to the data root)."""
+    frames = [pd.read_csv(Path(preprocess_dir) / side / "index.csv", dtype={"id": str, "label": str, "path": str}, keep_default_na=False)
+              for side in sides]
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_arrays(preprocess_dir: Path, sides: tuple[str, ...] = SIDES) -> dict[str, np.ndarray]:
+    return {side: np.load(Path(preprocess_dir) / side / IMAGES, mmap_mode="r") for side in sides}
 
 
 def read_classes(preprocess_dir: Path) -> list[str]:
-    return [str(c) for c in read_json(Path(preprocess_dir) / "classes.json")]
+    return [str(c) for c in read_json(Path(preprocess_dir) / "train" / "classes.json")]
 
 
 def read_task(preprocess_dir: Path) -> Task:
-    """The task kind preprocess settled (a cache from before task.json is single-label)."""
-    path = Path(preprocess_dir) / "task.json"
+    """The task kind the train side settled (preprocess/train/task.json; a cache without one is single-label)."""
+    path = Path(preprocess_dir) / "train" / "task.json"
     if not path.is_file():
         return Task(kind="single_label", why="cache without task.json", separator=" ", top_k=1)
     return from_json(read_json(path))
 
 
-def read_clusters(dedup_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(Path(dedup_dir) / "clusters.csv", dtype={"id": str}, keep_default_na=False)
+def read_cache_report(preprocess_dir: Path) -> dict:
+    """The train side's report: cache size, channels and the choices made from the training images."""
+    return read_json(Path(preprocess_dir) / "train" / "report.json")
+
+
+def read_sample(preprocess_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(Path(preprocess_dir) / "test" / "sample_submission.csv", dtype=str, keep_default_na=False)
+
+
+def read_clusters(dedup_dir: Path, sides: tuple[str, ...] = SIDES) -> pd.DataFrame:
+    frames = [pd.read_csv(Path(dedup_dir) / side / "clusters.csv", dtype={"id": str}, keep_default_na=False) for side in sides]
+    return pd.concat(frames, ignore_index=True)
 
 
 def read_probs(path: Path, classes: list[str], missing_hint: str) -> pd.DataFrame:

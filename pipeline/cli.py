@@ -8,9 +8,11 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from pipeline.console import console, summary
+from pipeline import __version__
+from pipeline.console import console, is_main_process, results, summary
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.params import Params, load_params
+from pipeline.newtest import predict_new_test
 from pipeline.rounds import final_predict_dir, round_report
 from pipeline.runner import BY_NAME, run_all, run_stage, statuses
 
@@ -26,7 +28,8 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="overri
 
 
 def _fail(message: str, code: int) -> None:
-    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)  # a message may hold [brackets]
+    if is_main_process():  # under torchrun every rank meets the same error: one line, rank 0's
+        console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)  # a message may hold [brackets]
     raise typer.Exit(code)
 
 
@@ -61,7 +64,6 @@ def _stage_command(name: str, doc: str):
 app.command("preprocess")(_stage_command("preprocess", "Decode, denoise, crop and resize every image once into a cache."))
 app.command("dedup")(_stage_command("dedup", "Find exact and near-duplicate images, cluster them, weight them, report leaks."))
 app.command("augment")(_stage_command("augment", "Build the augmentation pipeline from params and preview it."))
-app.command("predict")(_stage_command("predict", "Fold ensemble x TTA on the test set; write submission.csv."))
 app.command("pseudo")(_stage_command("pseudo", "Turn confident test predictions into extra training rows."))
 
 
@@ -79,6 +81,28 @@ def train(
 
 
 @app.command()
+def predict(
+    params: ParamsOpt = Path("params.yaml"),
+    workdir: WorkdirOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="a new competition folder (test/ + sample_submission.csv) to predict with the finished workdir -w")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="with --data: the new predict-only workdir (the finished one is only read)")] = None,
+) -> None:
+    """Fold ensemble x TTA on the test set; write submission.csv.
+
+    Example (code competition): pipeline predict -w runs/exp1 --data /kaggle/input/comp --out /kaggle/working/run
+    """
+    if (data is None) != (out is None):
+        _fail("--data and --out go together: pipeline predict -w TRAINED --data NEW_FOLDER --out DIR", 2)
+    p, wd = _load(params, workdir, set_)
+    if data is None:
+        _guard(lambda: run_stage(BY_NAME["predict"], p, wd))
+        return
+    _guard(lambda: predict_new_test(p, wd, data, out))
+    console.print(f"[bold green]done[/]: submission: {out / 'predict' / 'submission.csv'}")
+
+
+@app.command()
 def run(
     params: ParamsOpt = Path("params.yaml"),
     workdir: WorkdirOpt = None,
@@ -91,9 +115,9 @@ def run(
     if p.rounds:
         for row in round_report(wd, p.rounds):
             extra = "".join(f", {k} {v:.4f}" if isinstance(v, float) else f", {k} {v}" for k, v in row.items() if k in ("pseudo_rows", "agreement_with_previous"))
-            console.print(f"round {row['round']}: cv {row['metric']} {row['cv']:.4f}{extra}")
+            results.print(f"round {row['round']}: cv {row['metric']} {row['cv']:.4f}{extra}")
     submission = final_predict_dir(wd, p.rounds) / "submission.csv"
-    console.print(f"[bold green]done[/]: ran {', '.join(ran) if ran else 'nothing (all fresh)'}; submission: {submission}")
+    results.print(f"[bold green]done[/]: ran {', '.join(ran) if ran else 'nothing (all fresh)'}; submission: {submission}")
 
 
 @app.command()
@@ -107,7 +131,7 @@ def init(
 
     report = _guard(lambda: write_params(data_root, params, force))
     summary("init", report)
-    console.print(f"next: [bold]pipeline run[/] (or `pipeline status`) in {params.parent.resolve()}", soft_wrap=True)
+    results.print(f"next: [bold]pipeline run[/] (or `pipeline status`) in {params.parent.resolve()}", soft_wrap=True)
 
 
 @app.command()
@@ -117,3 +141,52 @@ def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, 
     rows = _guard(lambda: statuses(p, wd))
     for name, state, why in rows:
         typer.echo(f"{name:<15} {state:<8} {why}")
+
+
+@app.command()
+def compare(
+    workdirs: Annotated[list[Path], typer.Argument(help="finished workdirs, one per run")],
+    blend: Annotated[bool, typer.Option("--blend", help="fit OOF blend weights and say what the blend would score")] = False,
+) -> None:
+    """Compare finished runs: CV ± std over folds, OOF metrics, params that differ, time, model.
+
+    Example: pipeline compare runs/resnet runs/convnext --blend
+    """
+    from pipeline import compare as comparing
+
+    runs = _guard(lambda: [comparing.load_run(w) for w in workdirs])
+    _print_table(comparing.table(runs))
+    if blend:
+        fitted = _guard(lambda: comparing.blend(runs))
+        results.print(f"\nblend on the {fitted['images']} out-of-fold images every run predicted (weights fitted like predict.weights: oof):",
+                      soft_wrap=True)
+        _print_table(fitted["rows"])
+        results.print(f"to predict with it: {fitted['command']}", soft_wrap=True, markup=False)
+
+
+def _print_table(rows: list[dict]) -> None:
+    """Aligned columns, never folded: a log or a pipe gets the full width the table needs."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in rows[0]:
+        table.add_column(str(column), justify="left" if column == "run" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(escape(str(v)) for v in row.values()))
+    needed = Measurement.get(results, results.options.update_width(10_000), table).maximum
+    Console(highlight=False, width=max(results.width, needed)).print(table)  # Console.print can only narrow
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pipeline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
+    """Reproducible training pipeline for image-classification competitions. All knobs live in params.yaml."""

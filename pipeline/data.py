@@ -17,6 +17,10 @@ from pipeline import tasks
 from pipeline.errors import DataError
 from pipeline.images import IMAGE_EXTENSIONS
 
+# What each side of a competition folder is made of. Train depends on the train side alone, so a new
+# test set (a code competition swaps it in at scoring time) never retrains (pipeline.runner).
+SIDE_FILES = {"train": ("train", "train.csv"), "test": ("test", "sample_submission.csv")}
+
 ID_NAMES = ("id", "image_id", "id_code", "imageid", "image", "img", "file", "filename", "file_name", "name", "image_name", "path")
 TAGS_COLUMN = "_tags"  # the manifest column built from one 0/1 column per class
 INDICATOR_LAYOUT = "kaggle, one 0/1 column per class"
@@ -30,8 +34,9 @@ class Dataset:
     classes: list[str]  # sorted label vocabulary
     sample: pd.DataFrame  # the submission template: id column first, test ids in order
     layout: str
+    id_column: str = "id"  # train.csv's id and label columns: a test folder without a sample gets them
+    label_column: str = "label"
     task: tasks.Task | None = None  # set by settle_task (pipeline.tasks)
-    columns: str = "class folders"  # where ids and labels came from, e.g. "id: image_id, label: tags"
 
 
 def natural_key(label: str):
@@ -125,19 +130,29 @@ def _kaggle(root: Path, id_column: str | None, label_column: str | None, separat
             "split": "train",
         }
     )
+    test, sample = discover_test(root, id_col, label_col)
+    dataset = _finish(pd.concat([train, test], ignore_index=True), sample, layout)
+    dataset.id_column, dataset.label_column = id_col, label_col
+    return dataset
+
+
+def discover_test(root: Path, id_col: str = "id", label_col: str = "label") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The test side alone: (manifest rows, submission template) from sample_submission.csv and test/,
+    or from the files in test/ when there is no sample (the template is then id_col,label_col). Reads
+    nothing of the train side, so a folder holding only a new test set can be predicted."""
+    root = Path(root)
     sample_path = root / "sample_submission.csv"
     if sample_path.is_file():
         sample = _read_csv(sample_path)
         test_ids = sample[sample.columns[0]].str.strip()
-        test_paths = _match_ids(test_ids, root / "test", sample_path) if (root / "test").is_dir() else None
-        if test_paths is None:
+        if not (root / "test").is_dir():
             raise DataError(f"{sample_path} lists {len(test_ids)} test ids but {root}/test/ is missing")
+        test_paths = _match_ids(test_ids, root / "test", sample_path)
     else:
         sample, test_ids, test_paths = _test_from_folder(root / "test", id_col, label_col)
-    test = pd.DataFrame({"id": test_ids.values, "path": [str(p) for p in test_paths], "label": "", "split": "test"})
-    dataset = _finish(pd.concat([train, test], ignore_index=True), sample, layout)
-    dataset.columns = f"id: {id_col}, label: " + (f"one 0/1 column per class ({len(table.columns) - 2})" if label_col == TAGS_COLUMN else label_col)
-    return dataset
+    test = pd.DataFrame({"id": test_ids.values, "path": [str(p) for p in test_paths], "label": "", "split": "test"},
+                        columns=["id", "path", "label", "split"])
+    return test, sample
 
 
 def _test_from_folder(folder: Path, id_col: str = "id", label_col: str = "label"):
@@ -158,9 +173,9 @@ def _class_folders(root: Path) -> Dataset:
             {"id": f"{folder.name}/{p.relative_to(folder).with_suffix('').as_posix()}", "path": str(p), "label": folder.name, "split": "train"}
             for p in files
         ]
-    sample, ids, files = _test_from_folder(root / "test")
-    rows += [{"id": i, "path": str(p), "label": "", "split": "test"} for i, p in zip(ids, files)]
-    return _finish(pd.DataFrame(rows, columns=["id", "path", "label", "split"]), sample, "class-per-folder")
+    test, sample = discover_test(root)
+    train = pd.DataFrame(rows, columns=["id", "path", "label", "split"])
+    return _finish(pd.concat([train, test], ignore_index=True), sample, "class-per-folder")
 
 
 def _finish(manifest: pd.DataFrame, sample: pd.DataFrame, layout: str) -> Dataset:

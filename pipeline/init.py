@@ -16,7 +16,7 @@ import yaml
 
 from pipeline import metrics
 from pipeline.artifacts import write_text
-from pipeline.data import discover
+from pipeline.data import INDICATOR_LAYOUT, discover
 from pipeline.errors import DataError, ParamsError
 from pipeline.params import validate
 
@@ -65,7 +65,8 @@ def detect(root: Path, params) -> dict:
     metric, why = metrics.resolve(params.train.metric, data.task.kind, top_k)
     return {
         "layout": data.layout,
-        "columns": data.columns,
+        "columns": ("one folder per class" if data.layout == "class-per-folder" else f"id: {data.id_column}, label: "
+                    + ("one 0/1 column per class" if data.layout == INDICATOR_LAYOUT else data.label_column)),
         "task": f"{data.task.kind} ({data.task.why})" + (f", {top_k} answers per image" if top_k > 1 else ""),
         "classes": f"{len(data.classes)}: {', '.join(data.classes[:8])}{', ...' if len(data.classes) > 8 else ''}",
         "train images": len(train),

@@ -9,7 +9,7 @@ line, so the user always has the last word.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -183,7 +183,7 @@ class TrainParams(Section):
     cudnn_benchmark: bool
     gpu_augment: Literal["auto", "always", "never"]  # always: keep the uint8 cache on the device and augment there
     gpu_cache_fraction: float = Field(gt=0.0, le=1.0)  # auto: use the device path when the cache fits this share
-    workers: int = Field(ge=0)  # data loader processes for the albumentations path
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"]  # data loader processes for the albumentations path; auto: cores - 1, at most 8
     log_every: int = Field(ge=1)  # steps between reads of the loss (finiteness check, progress bar): the only host syncs
     checkpoint_every: int | Literal["auto"] = Field(description="epochs between last.pt writes, or auto")
     # Stopping, metrics.
@@ -201,6 +201,8 @@ class TrainParams(Section):
     # Distributed (torchrun): one process per GPU, DDP.
     sync_bn: bool  # SyncBatchNorm across processes (CUDA only; BatchNorm statistics of the global batch)
     dist_timeout: float = Field(gt=0.0)  # seconds a collective waits for the other ranks before the run fails
+    # Logs.
+    tensorboard: bool  # TensorBoard event files per fold (needs the optional tensorboard package)
 
     @field_validator("batch_size", "checkpoint_every")
     @classmethod
@@ -313,9 +315,17 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value  # a misspelt key is caught by validation, which names the allowed ones
 
 
+BRANCH_TYPES = {"int", "str", "float", "bool", "none"}
+BRANCH_PREFIXES = ("function-", "tuple[", "constrained-", "literal[", "list[", "dict[")
+
+
+def _key(err: dict) -> str:
+    # Unions report one error per branch (loc ends in the branch's type); keep the path that names a key.
+    return ".".join(str(p) for p in err["loc"] if str(p) not in BRANCH_TYPES and not str(p).startswith(BRANCH_PREFIXES))
+
+
 def _describe(err: dict) -> str:
-    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tuple[")))
-    # Unions report one error per branch; keep only the field path that names a key.
+    key = _key(err)
     if err["type"] == "missing":
         return f"{key}: missing from params.yaml"
     if err["type"] == "extra_forbidden":
@@ -339,7 +349,12 @@ def validate(raw: dict) -> Params:
     except ValidationError as exc:
         errors = exc.errors()
         first = _describe(errors[0])
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        branches = [e for e in errors if _key(e) == _key(errors[0])]
+        if len(branches) > 1:  # a union (e.g. an int or "auto"): say every form the key accepts
+            wanted = " or ".join(dict.fromkeys(e["msg"].lower().removeprefix("input should be ").split(",")[0] for e in branches))
+            first = f"{_key(errors[0])} = {errors[0].get('input')!r}: expected {wanted}"
+        rest = len(errors) - len(branches)
+        more = f" (and {rest} more)" if rest else ""
         raise ParamsError(first + more) from None
 
 
@@ -349,10 +364,16 @@ def load_raw(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ParamsError(f"{path}{_yaml_where(exc)}: not valid YAML ({getattr(exc, 'problem', None) or str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """':line:column' (1-based, as editors count) of a YAML error, when the parser knows it."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
 
 
 def load_params(path: Path, overrides: list[str] = (), workdir: str | None = None) -> tuple[Params, list[str]]:

@@ -1,9 +1,18 @@
 """Run stages in order and skip the fresh ones, with DVC's semantics.
 
 Each stage records `lock.json` in its output folder: the params sections it read, the fingerprints of
-its inputs (upstream outputs by content hash, the raw data folder by names/sizes/mtimes or content),
-the content hashes of its own outputs, the package version and the times. A stage is fresh when all of
-that still matches; `status` says which part does not.
+its inputs (upstream outputs by content hash, the raw data by names/sizes/mtimes or content), a hash of
+its own code (pipeline.codehash), the content hashes of its own outputs, the package version and the
+times. A stage is fresh when all of that still matches; `status` says which part does not.
+
+Train depends on the training data only. preprocess and dedup are *sided*: their train/ subfolder
+depends on the train side of the competition folder alone (train/ and train.csv, never test/ or the
+sample), and their lock records that side's key and output hash apart. augment and train read the
+train side only (deps "preprocess:train"), so a new test set, an edited sample or a moved data folder
+(data.root is not part of the params hash; data is fingerprinted relative to its root) reruns the test
+side of preprocess and dedup and then predict, never train. When only the test side changed, the
+finished train side is carried over (hard links) instead of being decoded again. Pseudo rounds and
+distillation with test rows read test images in train, and depend on both sides.
 
 train is written fold by fold (its fold<k>/ folders are its atomic units, so `--fold K` jobs can share a
 workdir): its lock records the finished folds, its params leave out train.fold (which folds a job runs
@@ -14,30 +23,38 @@ missing"). Under torchrun, rank 0 alone writes locks and outputs; stages other t
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pipeline import __version__, distributed
-from pipeline.artifacts import fingerprint, folder_lock, hash_data, hash_file, list_files, read_json, staged_dir, write_json, write_yaml
+from pipeline.artifacts import (finished_folds, fingerprint, folder_lock, hash_data, hash_file, list_files, read_json, staged_dir,
+                                write_json, write_yaml)
+from pipeline.codehash import code_groups, code_hashes
 from pipeline.console import console, summary
+from pipeline.data import SIDE_FILES
 from pipeline.errors import StageError
 from pipeline.params import Params, section
 
 LOCK = "lock.json"
 EXTERNAL = "run:"  # dep name prefix of a folder outside the workdir, fingerprinted but not a stage input
 RESOLVED = "params.yaml"
+TRAIN_SIDE = "train"  # the subfolder of a sided stage that depends on the training data alone
+
+__all__ = ["finished_folds"]  # re-exported: per-fold stages and tests find it here too
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str  # its folder under the workdir: "train", or "round1/train" for a pseudo-label round
     sections: tuple[str, ...]  # params sections (or top-level keys) the stage reads
-    deps: tuple[str, ...]  # folders of the upstream stages whose outputs it reads
+    deps: tuple[str, ...]  # upstream stages whose outputs it reads; "preprocess:train" = that stage's train side only
     per_fold: bool = False  # train: written in place fold by fold (fold jobs run concurrently; a killed fold resumes)
+    sided: bool = False  # outputs split into train/ (from the training data only) and the rest
 
     @property
     def kind(self) -> str:
@@ -49,10 +66,10 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("preprocess", ("data", "preprocess"), ()),
-    Stage("dedup", ("dedup",), ("preprocess",)),
-    Stage("augment", ("seed", "augment"), ("preprocess",)),
-    Stage("train", ("seed", "train", "distill"), ("preprocess", "dedup", "augment"), per_fold=True),
+    Stage("preprocess", ("data", "preprocess"), (), sided=True),
+    Stage("dedup", ("dedup",), ("preprocess",), sided=True),
+    Stage("augment", ("seed", "augment"), ("preprocess:train",)),
+    Stage("train", ("seed", "train", "distill"), ("preprocess:train", "dedup:train", "augment"), per_fold=True),
     Stage("predict", ("predict",), ("preprocess", "dedup", "train")),
 )
 PSEUDO = Stage("pseudo", ("pseudo",), ("preprocess", "dedup", "predict"))
@@ -66,7 +83,8 @@ def round_prefix(k: int) -> str:
 def stages_for(params: Params) -> tuple[Stage, ...]:
     """The stages `run` and `status` walk: the base DAG, then per pseudo-label round k (params.rounds)
     pseudo from round k-1's predict, then round<k>/train (which finds the pseudo rows as its `pseudo`
-    input) and round<k>/predict. Round 0 is the plain train/ and predict/ folders."""
+    input, and reads test images, so it depends on both sides) and round<k>/predict. Round 0 is the
+    plain train/ and predict/ folders."""
     stages = list(STAGES)
     for k in range(1, params.rounds + 1):
         prev, cur = round_prefix(k - 1), round_prefix(k)
@@ -86,9 +104,15 @@ class StagePaths:
     out: Path
     inputs: dict[str, Path]
     key: str = ""  # hash of the stage's params and input fingerprints: tells a per-fold stage's folds apart
+    train_only: frozenset[str] = frozenset()  # inputs of which the stage may read the train side alone
+    reused: bool = False  # a sided stage: out/train/ already holds its finished train side (build the rest)
 
     def __getitem__(self, name: str) -> Path:
         return self.inputs[name]
+
+    def sides(self, name: str) -> tuple[str, ...]:
+        """The sides of input `name` this stage may read: ("train",) or ("train", "test")."""
+        return ("train",) if name in self.train_only else ("train", "test")
 
 
 def data_root(params: Params) -> Path:
@@ -100,43 +124,76 @@ def data_root(params: Params) -> Path:
     return Path(params.data.root).expanduser()
 
 
+def split_dep(dep: str) -> tuple[str, str | None]:
+    """"preprocess:train" -> ("preprocess", "train"); "dedup" -> ("dedup", None)."""
+    if dep.startswith(EXTERNAL):
+        return dep, None
+    name, _, side = dep.partition(":")
+    return name, side or None
+
+
 def _dep_fingerprint(stage: Stage, params: Params, workdir: Path, dep: str) -> str | None:
-    if dep == "data":
+    name, side = split_dep(dep)
+    if name == "data":  # one side of the competition folder, by names relative to its root
         root = data_root(params)
-        return fingerprint(root, content=params.data.full_hash) if root.is_dir() else None
+        return fingerprint(root, content=params.data.full_hash, only=SIDE_FILES[side]) if root.is_dir() else None
     if dep.startswith(EXTERNAL):  # a train folder outside the workdir (predict.runs): names, sizes, mtimes
         folder = Path(dep[len(EXTERNAL):]).expanduser()
         return fingerprint(folder) if folder.is_dir() else None
-    lock = workdir / dep / LOCK
-    return read_json(lock)["outs_hash"] if lock.is_file() else None
+    lock = workdir / name / LOCK
+    if not lock.is_file():
+        return None
+    recorded = read_json(lock)
+    return recorded["outs_hash"] if side is None else recorded.get("sides", {}).get(side, {}).get("outs_hash")
+
+
+def _reads_test_rows(stage: Stage, params: Params) -> bool:
+    """train reads test images when it learns from pseudo rows or from the teacher on test images."""
+    pseudo = any(split_dep(d)[0].endswith("pseudo") for d in stage.deps)
+    return pseudo or bool(params.distill.teacher and params.distill.test_weight > 0)
 
 
 def _deps(stage: Stage, params: Params) -> tuple[str, ...]:
     if stage.name == "preprocess":
-        return ("data",) + stage.deps
+        return ("data:train", "data:test") + stage.deps
     if stage.kind == "predict":  # extra train runs to ensemble are inputs too, so retraining one is seen
         return stage.deps + tuple(EXTERNAL + run for run in params.predict.runs)
-    if stage.kind == "train" and params.distill.teacher:  # so does a teacher's new prediction
-        return stage.deps + (EXTERNAL + str(Path(params.distill.teacher) / "predict"),)
+    if stage.kind == "train":
+        deps = stage.deps
+        if _reads_test_rows(stage, params):  # both sides of the cache and the clusters
+            deps = tuple(split_dep(d)[0] for d in deps)
+        if params.distill.teacher:  # so does a teacher's new prediction
+            deps += (EXTERNAL + str(Path(params.distill.teacher) / "predict"),)
+        return deps
     return stage.deps
 
 
-HOW_NOT_WHAT = {"train": ("fold", "dist_timeout")}  # keys that choose how a stage runs, not its result
+def _train_side_deps(deps: tuple[str, ...]) -> tuple[str, ...]:
+    """The inputs of a sided stage's train side: the train side of each input, never the test data."""
+    kept = []
+    for dep in deps:
+        name, side = split_dep(dep)
+        if side in (None, TRAIN_SIDE) and not dep.startswith(EXTERNAL):
+            kept.append(f"{name}:{TRAIN_SIDE}")
+    return tuple(kept)
+
+
+# Keys that choose how a stage runs, not what it computes: they stay out of the lock, so moving the
+# data folder, a smaller eval batch or another device never reruns anything.
+HOW_NOT_WHAT = {
+    "data": ("root",),
+    "preprocess": ("workers",),
+    "train": ("fold", "workers", "device", "eval_batch_size", "dist_timeout", "log_every"),
+    "predict": ("batch_size", "device"),
+}
 
 
 def _params_of(stage: Stage, params: Params) -> dict[str, Any]:
     out = {name: section(params, name) for name in stage.sections}
     for name, keys in HOW_NOT_WHAT.items():
-        if name in out:
+        if isinstance(out.get(name), dict):
             out[name] = {k: v for k, v in out[name].items() if k not in keys}
     return out
-
-
-def finished_folds(folder: Path, key: str | None = None) -> list[int]:
-    """The fold<k>/ folders a per-fold stage finished (fold.json is written last, before the rename);
-    with `key`, only those trained with that params-and-inputs key."""
-    found = [d for d in Path(folder).glob("fold*/fold.json") if d.parent.name[4:].isdigit()]
-    return sorted(int(d.parent.name[4:]) for d in found if key is None or read_json(d)["key"] == key)
 
 
 def _missing_folds(stage: Stage, params: Params, lock: dict) -> list[int]:
@@ -146,15 +203,24 @@ def _missing_folds(stage: Stage, params: Params, lock: dict) -> list[int]:
     return [k for k in wanted if k not in lock.get("folds", [])]
 
 
-def _outs(folder: Path) -> dict[str, dict]:
+def _outs(folder: Path, known: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Size, mtime and content hash of every output; a file in `known` with the same size and mtime (a
+    carried-over train side) keeps its recorded hash instead of being read again."""
     outs = {}
     for path in list_files(folder):
         rel = path.relative_to(folder).as_posix()
         if rel == LOCK:
             continue
         st = path.stat()
-        outs[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": hash_file(path)}
+        old = (known or {}).get(rel)
+        same = old is not None and (old["size"], old["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+        outs[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": old["hash"] if same else hash_file(path)}
     return outs
+
+
+def _side_hash(outs: dict[str, dict], side: str) -> str:
+    prefix = f"{side}/"
+    return hash_data({rel[len(prefix):]: rec["hash"] for rel, rec in outs.items() if rel.startswith(prefix)})
 
 
 def _changed_keys(old: Any, new: Any, prefix: str) -> list[str]:
@@ -164,60 +230,205 @@ def _changed_keys(old: Any, new: Any, prefix: str) -> list[str]:
     return [] if old == new else [f"{prefix} ({old!r} -> {new!r})"]
 
 
+def _code_change(stage: Stage, lock: dict) -> str | None:
+    recorded, current = lock.get("code"), code_hashes(stage.kind)
+    if recorded is None:
+        return "code changed: the lock predates code hashes"
+    changed = [p for p in set(recorded) | set(current) if recorded.get(p) != current.get(p)]
+    return "code changed: " + ", ".join(code_groups(stage.kind, changed)) if changed else None
+
+
+def _outputs_change(folder: Path, lock: dict, prefix: str = "") -> str | None:
+    """Why the outputs (those under `prefix`) no longer match the lock, or None."""
+    recorded = {rel: rec for rel, rec in lock["outs"].items() if rel.startswith(prefix)}
+    base = folder / prefix if prefix else folder
+    current = {f"{prefix}{p.relative_to(base).as_posix()}" for p in list_files(base)} - {LOCK} if base.exists() else set()
+    if current != set(recorded):
+        return "outputs added or removed since the run"
+    for rel, rec in recorded.items():
+        path = folder / rel
+        st = path.stat()
+        # Size and mtime first (cheap); when they differ the content decides, so a `touch` or a copy that
+        # kept the bytes leaves the stage fresh, and only a real edit makes it stale.
+        if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]) and (st.st_size != rec["size"] or hash_file(path) != rec["hash"]):
+            return f"output {rel} modified since the run"
+    return None
+
+
+def _inputs_change(stage: Stage, params: Params, workdir: Path, recorded: dict, deps, stale_upstream) -> str | None:
+    """Why the inputs `deps` no longer match their `recorded` fingerprints, or None."""
+    for dep in deps:
+        if dep in stale_upstream:
+            return f"upstream {split_dep(dep)[0]}{' (train side)' if split_dep(dep)[1] else ''} is stale"
+        if recorded.get(dep) != _dep_fingerprint(stage, params, workdir, dep):
+            return f"input {dep} changed" if not dep.startswith("data:") else f"{split_dep(dep)[1]} data changed"
+    return None
+
+
+def _train_side_status(stage: Stage, params: Params, workdir: Path, lock: dict, stale_upstream) -> str | None:
+    """Why a sided stage's train side is stale, or None when it is fresh (params, code, the train side
+    of its inputs and its train/ outputs unchanged)."""
+    side = lock.get("sides", {}).get(TRAIN_SIDE)
+    if not isinstance(side, dict) or not isinstance(side.get("deps"), dict):
+        return "the lock predates train/test sides"
+    if _changed_keys(lock["params"], _params_of(stage, params), ""):
+        return "params changed"
+    return (_code_change(stage, lock)
+            or _inputs_change(stage, params, workdir, side["deps"], _train_side_deps(_deps(stage, params)), stale_upstream)
+            or _outputs_change(workdir / stage.name, lock, f"{TRAIN_SIDE}/"))
+
+
 def stage_status(stage: Stage, params: Params, workdir: Path, stale_upstream: set[str] = frozenset()) -> tuple[str, str]:
     """('fresh' | 'stale' | 'missing', why)."""
+    state, why, _ = _status(stage, params, workdir, stale_upstream)
+    return state, why
+
+
+def _status(stage: Stage, params: Params, workdir: Path, stale_upstream) -> tuple[str, str, bool]:
+    """(state, why, is the train side fresh) of a stage; a stage without sides is one piece."""
     lock_path = workdir / stage.name / LOCK
     if not lock_path.is_file():
-        return "missing", "never run" if not (workdir / stage.name).exists() else "no lock file"
+        return "missing", "never run" if not (workdir / stage.name).exists() else "no lock file", False
     lock = read_json(lock_path)
     changed = _changed_keys(lock["params"], _params_of(stage, params), "")
     if changed:
-        return "stale", "params changed: " + ", ".join(changed)
-    for dep in _deps(stage, params):
-        if dep in stale_upstream:
-            return "stale", f"upstream {dep} is stale"
-        if lock["deps"].get(dep) != _dep_fingerprint(stage, params, workdir, dep):
-            return "stale", f"input {dep} changed"
-    current = {p.relative_to(workdir / stage.name).as_posix() for p in list_files(workdir / stage.name)} - {LOCK}
-    if current != set(lock["outs"]):
-        return "stale", "outputs added or removed since the run"
-    for rel, rec in lock["outs"].items():
-        st = (workdir / stage.name / rel).stat()
-        if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]):
-            return "stale", f"output {rel} modified since the run"
+        return "stale", "params changed: " + ", ".join(changed), False
+    code = _code_change(stage, lock)
+    if code:
+        return "stale", code, False
+    train_side = stage.sided and _train_side_status(stage, params, workdir, lock, stale_upstream) is None
+    note = " (train side fresh)" if train_side else ""
+    why = (_inputs_change(stage, params, workdir, lock["deps"], _deps(stage, params), stale_upstream)
+           or _outputs_change(workdir / stage.name, lock))
+    if why:
+        return "stale", why + note, train_side
     missing = _missing_folds(stage, params, lock)
     if missing:
-        return "stale", f"folds {','.join(map(str, missing))} missing (run `pipeline train --fold K` for each, or `pipeline train`)"
-    return "fresh", "params, inputs and outputs unchanged"
+        return "stale", f"folds {','.join(map(str, missing))} missing (run `pipeline train --fold K` for each, or `pipeline train`)", False
+    return "fresh", "params, inputs and outputs unchanged", True
 
 
 def statuses(params: Params, workdir: Path) -> list[tuple[str, str, str]]:
     rows, stale = [], set()
     for stage in stages_for(params):
-        state, why = stage_status(stage, params, workdir, stale)
+        state, why, train_side = _status(stage, params, workdir, stale)
         if state != "fresh":
             stale.add(stage.name)
+            if stage.sided and not train_side:
+                stale.add(f"{stage.name}:{TRAIN_SIDE}")
         rows.append((stage.name, state, why))
     return rows
 
 
-def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False) -> dict:
+@dataclass
+class Carry:
+    """A finished train side that a sided stage's new run starts from: its folder and lock record."""
+
+    folder: Path
+    side: dict  # the lock's sides["train"]: key, deps (input fingerprints), outs_hash
+    outs: dict = field(default_factory=dict)  # its files' records, keyed as in the new folder ("train/...")
+    link: bool = False  # place it as a link to its folder (another workdir's train side, read-only)
+
+
+def _carry(stage: Stage, params: Params, workdir: Path, train_key: str, force: bool) -> Carry | None:
+    """The previous train side of a sided stage, when it was built with the same key (params, code and
+    train-side inputs) and its files are intact: the test side alone is then rebuilt."""
+    lock_path = workdir / stage.name / LOCK
+    if force or not stage.sided or not lock_path.is_file():
+        return None
+    lock = read_json(lock_path)
+    side = lock.get("sides", {}).get(TRAIN_SIDE)
+    if not side or side.get("key") != train_key or _outputs_change(workdir / stage.name, lock, f"{TRAIN_SIDE}/"):
+        return None
+    outs = {rel: rec for rel, rec in lock["outs"].items() if rel.startswith(f"{TRAIN_SIDE}/")}
+    return Carry(workdir / stage.name / TRAIN_SIDE, side, outs)
+
+
+def frozen_carry(stage: Stage, trained: Path) -> Carry:
+    """The train side of a finished workdir, taken as it is (pipeline.newtest predicts a new test set
+    with it): no fingerprint of training data that may not even be there."""
+    lock_path = Path(trained) / stage.name / LOCK
+    if not lock_path.is_file():
+        raise StageError(f"{Path(trained) / stage.name} has no lock.json: {trained} is not a finished workdir (run `pipeline run` there)")
+    lock = read_json(lock_path)
+    side = lock.get("sides", {}).get(TRAIN_SIDE)
+    if not isinstance(side, dict) or not isinstance(side.get("deps"), dict):
+        raise StageError(f"{lock_path} records no train side (made by an older version): rerun `pipeline run` in {trained}")
+    outs = {rel: rec for rel, rec in lock["outs"].items() if rel.startswith(f"{TRAIN_SIDE}/")}
+    return Carry(Path(trained) / stage.name / TRAIN_SIDE, side, outs, link=True)
+
+
+def _place_train_side(carry: Carry, dest: Path) -> None:
+    """Put a carried train side at dest without copying its bytes: a linked folder stays a link (to the
+    same target); otherwise hard links, or copies where the filesystem has none."""
+    source = carry.folder.resolve() if carry.folder.is_symlink() else carry.folder
+    if carry.link or carry.folder.is_symlink() or not _same_device(source, dest.parent):
+        os.symlink(source.resolve(), dest, target_is_directory=True)
+        return
+    for path in list_files(source):
+        target = dest / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def _train_side_plan(stage: Stage, params: Params, workdir: Path, deps: dict, code: dict, force: bool,
+                     frozen: Path | None) -> tuple[Carry | None, dict | None]:
+    """A sided stage's train side: what to carry over (or None: build it) and its lock record (key and
+    inputs; the output hash is added once written). `deps` gains the frozen side's recorded inputs."""
+    if not stage.sided:
+        return None, None
+    if frozen is not None:
+        carry = frozen_carry(stage, frozen)
+        deps.update({dep: fp for dep, fp in carry.side["deps"].items() if dep in deps})  # data:train as recorded
+        return carry, carry.side
+    side_deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _train_side_deps(_deps(stage, params))}
+    train_key = hash_data({"params": _params_of(stage, params), "deps": side_deps, "code": code})
+    return _carry(stage, params, workdir, train_key, force), {"key": train_key, "deps": side_deps}
+
+
+def _inputs(params: Params, workdir: Path, all_deps: tuple[str, ...]) -> tuple[dict[str, Path], frozenset[str]]:
+    """The folders a stage reads, by role (round1/train finds round1/... as paths["predict"] etc.; the
+    competition folder is "data"), and the roles of which it may read the train side alone."""
+    inputs, train_only = {}, set()
+    for dep in all_deps:
+        if dep.startswith(EXTERNAL):
+            continue
+        name, side = split_dep(dep)
+        role = name.rsplit("/", 1)[-1]
+        inputs[role] = data_root(params) if name == "data" else workdir / name
+        if side == TRAIN_SIDE and name != "data":
+            train_only.add(role)
+    return inputs, frozenset(train_only)
+
+
+def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, frozen: Path | None = None) -> dict:
     """Run one stage into a temporary folder (per-fold stages: in place, fold by fold), record its lock,
-    then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank."""
+    then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank.
+    A sided stage carries its finished train side over when only the test side changed; with `frozen`
+    (a finished workdir) it takes that workdir's train side as it is."""
     for dep in stage.deps:
-        if not (workdir / dep / LOCK).is_file():
-            command = f"pipeline {dep}" if dep in BY_NAME else "pipeline run"  # round<k>/ stages run from `run`
-            raise StageError(f"{stage.name} needs the output of {dep}, which is missing: run `{command}` first")
+        name = split_dep(dep)[0]
+        if not (workdir / name / LOCK).is_file():
+            command = f"pipeline {name}" if name in BY_NAME else "pipeline run"  # round<k>/ stages run from `run`
+            raise StageError(f"{stage.name} needs the output of {name}, which is missing: run `{command}` first")
     world = distributed.from_env()
     if world.size > 1 and stage.kind != "train":
         if not world.main:
             return {}
         console.print(f"{stage.name} is single-process: rank 0 runs it, the other {world.size - 1} processes exit")
-    deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _deps(stage, params)}
-    # A stage reads its upstream folders by role: round1/train finds round1/... as paths["predict"] etc.
-    inputs = {dep.rsplit("/", 1)[-1]: (data_root(params) if dep == "data" else workdir / dep)
-              for dep in _deps(stage, params) if not dep.startswith(EXTERNAL)}
-    key = hash_data({"params": _params_of(stage, params), "deps": deps})
+    all_deps = _deps(stage, params)
+    deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in all_deps}
+    code = code_hashes(stage.kind)
+    key = hash_data({"params": _params_of(stage, params), "deps": deps, "code": code})
+    carry, side = _train_side_plan(stage, params, workdir, deps, code, force, frozen)
+    inputs, train_only = _inputs(params, workdir, all_deps)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     if world.main:
@@ -228,34 +439,46 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False) 
             folder.mkdir(parents=True, exist_ok=True)
             for fold in finished_folds(folder) if force else []:  # finished folds are otherwise kept
                 shutil.rmtree(folder / f"fold{fold}")
-        result = stage.module().run(params, StagePaths(out=folder, inputs=inputs, key=key)) or {}
+        result = stage.module().run(params, StagePaths(out=folder, inputs=inputs, key=key, train_only=train_only)) or {}
         if not world.main:
             return result
     with (folder_lock(folder) if stage.per_fold else staged_dir(workdir / stage.name)) as staged:
         out = folder if stage.per_fold else staged
+        if carry is not None:
+            _place_train_side(carry, out / TRAIN_SIDE)
+            console.print(f"{stage.name}: train side unchanged, carried over from {carry.folder}; building the test side")
         if not stage.per_fold:
-            result = stage.module().run(params, StagePaths(out=out, inputs=inputs, key=key)) or {}
+            paths = StagePaths(out=out, inputs=inputs, key=key, train_only=train_only, reused=carry is not None)
+            result = stage.module().run(params, paths) or {}
         write_yaml(out / RESOLVED, _params_of(stage, params))
-        outs = _outs(out)
-        write_json(
-            out / LOCK,
-            {
-                "stage": stage.name,
-                "params": _params_of(stage, params),
-                "params_hash": hash_data(_params_of(stage, params)),
-                "deps": deps,
-                "outs": outs,
-                "outs_hash": hash_data({rel: rec["hash"] for rel, rec in outs.items()}),
-                **({"folds": finished_folds(out)} if stage.per_fold else {}),
-                "version": __version__,
-                "started": started,
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(time.perf_counter() - t0, 2),
-            },
-        )
+        outs = _outs(out, carry.outs if carry is not None else None)
+        if side is not None:
+            side = {**side, "outs_hash": _side_hash(outs, TRAIN_SIDE)}
+        _write_lock(out, stage, params, deps, code, outs, side, started, t0)
     # The rename moved the files but kept their mtimes, so the recorded sizes and mtimes still hold.
     summary(f"{stage.name} done in {time.perf_counter() - t0:.1f}s", result)
     return result
+
+
+def _write_lock(out: Path, stage: Stage, params: Params, deps: dict, code: dict, outs: dict, side: dict | None, started: str, t0: float) -> None:
+    write_json(
+        out / LOCK,
+        {
+            "stage": stage.name,
+            "params": _params_of(stage, params),
+            "params_hash": hash_data(_params_of(stage, params)),
+            "deps": deps,
+            "code": code,
+            "outs": outs,
+            "outs_hash": hash_data({rel: rec["hash"] for rel, rec in outs.items()}),
+            **({"sides": {TRAIN_SIDE: side}} if side is not None else {}),
+            **({"folds": finished_folds(out)} if stage.per_fold else {}),
+            "version": __version__,
+            "started": started,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - t0, 2),
+        },
+    )
 
 
 def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:

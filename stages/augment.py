@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import albumentations as A
 import cv2
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from pipeline.artifacts import atomic_path, read_json, write_csv, write_json  # noqa: E402
-from pipeline.cache import read_arrays, read_classes, read_index, read_task  # noqa: E402
-from pipeline.tasks import primary  # noqa: E402
-from pipeline.console import track  # noqa: E402
-from pipeline.params import AugmentParams, Params, ParamsError  # noqa: E402
+from pipeline.artifacts import atomic_path, write_csv, write_json
+from pipeline.cache import read_arrays, read_cache_report, read_classes, read_index, read_task
+from pipeline.tasks import primary
+from pipeline.console import track
+from pipeline.params import AugmentParams, Params, ParamsError
+from pipeline.plots import plt, save_figure
 
 PREVIEW_CLASSES = 16  # more rows than this make an unreadable sheet
 # Written out so that both engines (albumentations here, stages/train/gpu_augment.py on the device) use
@@ -129,16 +126,13 @@ def preview(transform: A.Compose, array, train: pd.DataFrame, classes: list[str]
                 ax.set_ylabel(str(label)[:12], fontsize=8)
     axes[0, 0].set_title("original", fontsize=8)
     fig.suptitle("augment preview", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(params: Params, paths) -> dict:
     p = params.augment
     pre = paths["preprocess"]
-    report = read_json(pre / "report.json")
+    report = read_cache_report(pre)  # the train side: augment depends on the training data only
     height, width = report["size"]
     transform = build(p, height, width)
     with atomic_path(paths.out / "transform.json") as tmp:
@@ -148,10 +142,10 @@ def run(params: Params, paths) -> dict:
     apply(loaded, np.zeros((height, width, report["channels"]), np.uint8))
     write_json(paths.out / "gpu_augment.json", gpu_recipe(p))
 
-    index, classes = read_index(pre), read_classes(pre)
+    index, classes = read_index(pre, ("train",)), read_classes(pre)
     train = index[index.split == "train"].reset_index(drop=True)
     train["group"] = primary(train.label, classes, read_task(pre))  # the class it shows (multi-label: rarest tag)
-    array = read_arrays(pre)["train"]
+    array = read_arrays(pre, ("train",))["train"]
     result = {"transforms": len(transform.transforms), "size": f"{height}x{width}"}
     if len(train):
         preview(transform, array, train, classes, p.preview, paths.out / "preview.png", params.seed)

@@ -1,12 +1,19 @@
 """preprocess: decode every image once into a training-ready uint8 cache.
 
-Outputs (in the stage folder):
-  train.npy, test.npy       uint8 arrays (N, H, W, C), memory-mapped by train and predict
-  index.csv                 id, split, label, row (into the split's array), path
-  classes.json              the label vocabulary (multi-label: the tags), in class-index order
-  task.json                 the task kind, tag separator and answers per image (pipeline.tasks)
-  sample_submission.csv     the submission template (the competition's, or id,label)
-  report.json               counts, size, channel mode, and every skipped file with its reason
+Outputs, one folder per side (train depends on the train side alone; pipeline.runner):
+  train/images.npy, test/images.npy   uint8 arrays (N, H, W, C), memory-mapped by train and predict
+  train/index.csv, test/index.csv     id, split, label, row (into that side's array), path (relative to data.root)
+  train/classes.json                  the label vocabulary (multi-label: the tags), in class-index order
+  train/task.json                     the task kind, tag separator and answers per image (pipeline.tasks;
+                                      the sample's answer format is read with the train side: it picks
+                                      the metric train selects on, and a new test set keeps that format)
+  train/report.json                   size, channel mode (chosen from the train images), counts, skipped files
+  test/sample_submission.csv          the submission template (the competition's, or id,label)
+  test/report.json                    test counts and skipped files
+  report.json                         both sides together, for a person to read
+The train side reads only train/ and train.csv; the test side reads only test/ and the sample, at the
+train side's size and channels. When only the test set changed, the runner carries the train side over
+(paths.reused) and this stage builds the test side alone.
 
 Per image: decode -> channel mode -> median filter (salt-and-pepper noise) -> optional crop to the
 object (Canny edges -> contours -> box) -> resize (pad or stretch). Images are processed in worker
@@ -23,9 +30,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import write_csv, write_json
+from pipeline.artifacts import read_json, write_csv, write_json
+from pipeline.cache import IMAGES
 from pipeline.console import track
-from pipeline.data import discover
+from pipeline.data import discover, discover_test
 from pipeline.tasks import present
 from pipeline.images import ImageError, is_gray, read_image
 from pipeline.params import Params, PreprocessParams
@@ -168,12 +176,14 @@ def choose_channels(mode: str, all_gray: bool) -> int:
     return 1 if all_gray else 3
 
 
-def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams, channels: int, hw, workers: int):
-    """Write one split's array; return its index rows (with row numbers) and its failures.
+def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams, channels: int, hw, workers: int, root: Path):
+    """Write one split's images.npy into `out`; return its index rows (with row numbers and paths
+    relative to the data root, so a moved folder gives the same index) and its failures.
 
     A failed image leaves its row zero and is absent from the index, so no reader ever sees it."""
     h, w = hw
-    array = np.lib.format.open_memmap(out / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(rows), h, w, channels))
+    out.mkdir(parents=True, exist_ok=True)
+    array = np.lib.format.open_memmap(out / IMAGES, mode="w+", dtype=np.uint8, shape=(len(rows), h, w, channels))
     index, failures = [], []
     jobs = [(path, p, channels, hw) for path in rows.path]
     # No worker initialiser that touches OpenCV's thread pool: in a child forked from a process that
@@ -181,52 +191,75 @@ def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams,
     with ProcessPoolExecutor(workers) as pool:
         results = pool.map(_load_one, jobs, chunksize=32) if workers > 1 else map(_load_one, jobs)
         for i, (row, (image, error)) in enumerate(track(zip(rows.itertuples(index=False), results), len(rows), f"preprocess {split}")):
+            rel = Path(row.path).relative_to(root).as_posix()
             if image is None:
-                failures.append({"id": row.id, "split": split, "path": row.path, "reason": error})
+                failures.append({"id": row.id, "split": split, "path": rel, "reason": error})
                 continue
             array[i] = image
-            index.append({"id": row.id, "split": split, "label": row.label, "row": i, "path": row.path})
+            index.append({"id": row.id, "split": split, "label": row.label, "row": i, "path": rel})
     array.flush()
-    return index, failures
+    return pd.DataFrame(index, columns=["id", "split", "label", "row", "path"]), failures
 
 
-def run(params: Params, paths) -> dict:
+def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dict:
+    """The train side, from train/ and train.csv alone: the cache geometry (size, channels) is chosen
+    here from the training images, and the test side follows it. Returns the train report."""
     p = params.preprocess
     d = params.data
-    data = discover(paths["data"], d.id_column, d.label_column, d.task, d.tag_separator, d.class_order)
-    manifest = data.manifest
-    workers = p.workers or os.cpu_count() or 1
-    all_gray, sides = probe(list(manifest.path[manifest.split == "train"]), p.max_pixels)
+    data = discover(root, d.id_column, d.label_column, d.task, d.tag_separator, d.class_order)
+    train = data.manifest[data.manifest.split == "train"].reset_index(drop=True)
+    all_gray, sides = probe(list(train.path), p.max_pixels)
     channels = choose_channels(p.channels, all_gray)
     hw = target_hw(auto_size(sides, p.size_range) if p.size == "auto" else p.size)
     size_from = f"auto (median train side {int(np.median(sides)) if sides else '?'} px)" if p.size == "auto" else "params"
-
-    index, failures = [], []
-    for split in ("train", "test"):
-        rows = manifest[manifest.split == split].reset_index(drop=True)
-        kept, failed = _cache_split(rows, paths.out, split, p, channels, hw, workers)
-        index += kept
-        failures += failed
-
-    index = pd.DataFrame(index, columns=["id", "split", "label", "row", "path"])
-    classes = present(data.classes, index.label[index.split == "train"], data.task)
-    write_csv(paths.out / "index.csv", index)
-    write_json(paths.out / "classes.json", classes)
-    write_json(paths.out / "task.json", data.task.as_json())
-    write_csv(paths.out / "sample_submission.csv", data.sample)
-    counts = index.groupby("split").size().to_dict()
+    index, failures = _cache_split(train, out, "train", p, channels, hw, workers, root)
+    classes = present(data.classes, index.label, data.task)
+    write_csv(out / "index.csv", index)
+    write_json(out / "classes.json", classes)
+    write_json(out / "task.json", data.task.as_json())
     report = {
         "layout": data.layout,
         "task": f"{data.task.kind} ({data.task.why})" + (f", {data.task.top_k} answers per image" if data.task.top_k > 1 else ""),
+        "id_column": data.id_column,
+        "label_column": data.label_column,
         "size": list(hw),
         "size_from": size_from,
         "crop": p.crop.enabled,
         "channels": channels,
         "classes": len(classes),
-        "train_images": int(counts.get("train", 0)),
-        "test_images": int(counts.get("test", 0)),
+        "train_images": len(index),
         "skipped": len(failures),
         "failures": failures,
     }
-    write_json(paths.out / "report.json", report)
-    return {k: v for k, v in report.items() if k != "failures"}
+    write_json(out / "report.json", report)
+    return report
+
+
+def build_test_side(params: Params, root: Path, out: Path, train: dict, workers: int) -> dict:
+    """The test side, from test/ and sample_submission.csv alone, at the train side's size and channels."""
+    test, sample = discover_test(root, train["id_column"], train["label_column"])
+    index, failures = _cache_split(test, out, "test", params.preprocess, train["channels"], tuple(train["size"]), workers, root)
+    write_csv(out / "index.csv", index)
+    write_csv(out / "sample_submission.csv", sample)
+    report = {"test_images": len(index), "skipped": len(failures), "failures": failures}
+    write_json(out / "report.json", report)
+    return report
+
+
+def run(params: Params, paths) -> dict:
+    workers = params.preprocess.workers or os.cpu_count() or 1
+    root = Path(paths["data"])
+    if paths.reused:  # the runner carried the finished train side over: only the test set changed
+        train = read_json(paths.out / "train" / "report.json")
+    else:
+        train = build_train_side(params, root, paths.out / "train", workers)
+    test = build_test_side(params, root, paths.out / "test", train, workers)
+    report = {
+        **{k: v for k, v in train.items() if k not in ("skipped", "failures")},
+        "test_images": test["test_images"],
+        "train_side": "carried over (unchanged)" if paths.reused else "built",
+        "skipped": train["skipped"] + test["skipped"],
+        "failures": train["failures"] + test["failures"],
+    }
+    write_json(paths.out / "report.json", report)  # both sides, for a person to read
+    return {k: v for k, v in report.items() if k not in ("failures", "id_column", "label_column")}

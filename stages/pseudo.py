@@ -23,18 +23,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import atomic_path, write_csv, write_json
 from pipeline import tasks
+from pipeline.artifacts import write_csv, write_json
 from pipeline.cache import read_classes, read_clusters, read_index, read_probs, read_task
 from pipeline.params import Params, PseudoParams
+from pipeline.plots import plt, save_figure
 from pipeline.errors import StageError
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def confidence_of(probs: np.ndarray, multi_label: bool = False) -> np.ndarray:
@@ -129,7 +127,4 @@ def plot_selection(path: Path, probs: np.ndarray, keep: np.ndarray, classes: lis
         axes[1].axvline(p.threshold, color="k", linestyle="--", label=f"threshold {p.threshold}")
     axes[1].set_title("confidence of test predictions")
     axes[1].legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

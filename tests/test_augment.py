@@ -12,19 +12,21 @@ from pipeline.params import ParamsError, load_params
 from pipeline.runner import StagePaths
 from stages import augment
 import stages.train as train_stage
+from pipeline.cache import read_clusters, read_index
+from tests.cache_files import save_clusters, save_index
 from tests.test_train_fold import TINY, make_inputs
 
 
 def test_augment_outputs_and_expansion_feed_train(tmp_path):
     inputs = make_inputs(tmp_path / "data", n=30)
-    (inputs["preprocess"] / "report.json").write_text(json.dumps({"size": [16, 16], "channels": 1}))
-    index = pd.read_csv(inputs["preprocess"] / "index.csv")
-    index.loc[index.label == 2, "split"] = "test"  # class 2 rare in train: keep 3 of its 10 images
-    index.loc[index[index.label == 2].index[:3], "split"] = "train"
-    index.to_csv(inputs["preprocess"] / "index.csv", index=False)
-    clusters = pd.read_csv(inputs["dedup"] / "clusters.csv")
+    (inputs["preprocess"] / "train" / "report.json").write_text(json.dumps({"size": [16, 16], "channels": 1}))
+    index = read_index(inputs["preprocess"])
+    index.loc[index.label == "2", "split"] = "test"  # class 2 rare in train: keep 3 of its 10 images
+    index.loc[index[index.label == "2"].index[:3], "split"] = "train"
+    save_index(inputs["preprocess"], index)
+    clusters = read_clusters(inputs["dedup"])
     clusters["split"] = index.split
-    clusters.to_csv(inputs["dedup"] / "clusters.csv", index=False)
+    save_clusters(inputs["dedup"], clusters)
     params, _ = load_params("params.yaml", TINY + ["data.root=/nonexistent", "augment.expand_to=8", "train.fold=0", "train.epochs=1"])
     out = tmp_path / "aug"
     out.mkdir()
@@ -37,7 +39,7 @@ def test_augment_outputs_and_expansion_feed_train(tmp_path):
     train_out = tmp_path / "train"
     train_out.mkdir()
     summary = train_stage.run(params, StagePaths(out=train_out, inputs={**inputs, "augment": out}))
-    assert summary["folds trained"] == 1
+    assert len(summary["trained in this run"]) == 1
     oof = pd.read_csv(train_out / "oof.csv", dtype={"id": str})
     assert not oof.id.str.contains("#aug").any()  # copies never validate
 

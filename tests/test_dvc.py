@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.codehash import dvc_deps
+from pipeline.runner import STAGES
 from tests.conftest import ROOT
 
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
@@ -29,6 +31,9 @@ def ran(output: str) -> list[str]:
 @pytest.mark.skipif(DVC is None, reason="dvc is a test dependency: pip install -e '.[test]'")
 def test_dvc_repro_matches_pipeline_semantics(tmp_path):
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    shutil.copy(ROOT / ".dvcignore", tmp_path)
+    for package in ("pipeline", "stages"):  # the code deps
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["example"]["train.epochs"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -44,3 +49,21 @@ def test_dvc_repro_matches_pipeline_semantics(tmp_path):
     params["train"]["weight_decay"] = 0.01
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(repro(tmp_path)) == ["train", "predict"]
+
+
+def test_dvc_yaml_lists_the_code_the_runner_hashes():
+    """Each stage's code deps in dvc.yaml are the files pipeline.codehash finds from the import graph
+    (and records in the lock), so `dvc repro` and `pipeline run` agree that a code change is stale."""
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(declared) == {s.name for s in STAGES}
+    for stage in STAGES:
+        code = sorted(d for d in declared[stage.name]["deps"] if d.startswith(("pipeline/", "stages/")))
+        assert code == dvc_deps(stage.kind), f"dvc.yaml {stage.name} deps: list exactly {dvc_deps(stage.kind)}"
+
+
+def test_dvc_yaml_train_reads_the_train_side_only():
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    data = {name: sorted(d for d in stage.get("deps", []) if d.startswith("artifacts/")) for name, stage in declared.items()}
+    assert data["train"] == ["artifacts/augment", "artifacts/dedup/train", "artifacts/preprocess/train"]
+    assert data["augment"] == ["artifacts/preprocess/train"]
+    assert data["predict"] == ["artifacts/dedup", "artifacts/preprocess", "artifacts/train"]

@@ -23,6 +23,7 @@ def test_run_on_the_example_writes_a_valid_submission_and_then_skips_everything(
     wd = tmp_path / "art"
     first = invoke("run", "-p", params_file, "-w", wd, *FAST)
     assert "example overrides" in first.output  # never shrunk silently
+    assert "predicting with the" not in first.output  # the example trains every fold it declares: none missing
     sample = pd.read_csv(wd / "example" / "digits" / "sample_submission.csv", dtype=str)
     submission = pd.read_csv(wd / "predict" / "submission.csv", dtype=str)
     assert list(submission.columns) == list(sample.columns)

@@ -38,7 +38,7 @@ def invoke(*args, code: int = 0):
 def test_space_separated_tags_are_multi_label_with_the_tag_vocabulary(tmp_path):
     data = discover(make_multilabel(tmp_path / "c"))
     assert data.task.kind == "multi_label" and data.classes == sorted(TAGS)
-    assert data.columns == "id: image_name, label: tags"
+    assert (data.id_column, data.label_column) == ("image_name", "tags")
 
 
 def test_one_indicator_column_per_class_is_multi_label(tmp_path):

@@ -71,3 +71,15 @@ def test_missing_or_broken_params_file(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_yaml_error_names_line_and_column(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data:\n  root: x\ntrain:\n  epochs: 3\n   lr: 2\n")
+    with pytest.raises(ParamsError, match=r"params.yaml:5:6: not valid YAML \(mapping values are not allowed here\)"):
+        load_params(bad)
+
+
+def test_union_errors_name_every_accepted_form():
+    with pytest.raises(ParamsError, match=r"^train.workers = 'many': expected a valid integer or 'auto'$"):
+        load_params("params.yaml", ["train.workers=many"])

@@ -7,9 +7,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from pipeline.cache import read_clusters, read_index
 from pipeline.cli import app
 from pipeline.runner import BY_NAME, run_stage, stage_status
 from stages.predict.ensemble import find_members, load_model
+from tests.cache_files import save_clusters
 from tests._predict_fixtures import PARAMS, TINY, tiny_params, trained  # noqa: F401
 
 
@@ -24,10 +26,10 @@ def test_predict_cli_writes_a_valid_submission(trained):  # noqa: F811
     result = cli(trained)
     assert result.exit_code == 0, result.output
     out = trained / "predict"
-    sample = pd.read_csv(trained / "preprocess" / "sample_submission.csv", dtype=str)
+    sample = pd.read_csv(trained / "preprocess" / "test" / "sample_submission.csv", dtype=str)
     sub = pd.read_csv(out / "submission.csv", dtype=str)
     assert list(sub.columns) == list(sample.columns) and sub.id.tolist() == sample.id.tolist()
-    classes = json.loads((trained / "preprocess" / "classes.json").read_text())
+    classes = json.loads((trained / "preprocess" / "train" / "classes.json").read_text())
     assert set(sub.label) <= set(map(str, classes))
     probs = pd.read_csv(out / "probs.csv", dtype={"id": str})
     assert probs.id.tolist() == sample.id.tolist()
@@ -86,6 +88,7 @@ def test_extra_runs_with_oof_weights(trained, tmp_path):  # noqa: F811
     favour the good run."""
     other = tmp_path / "other" / "train"
     shutil.copytree(trained / "train", other)
+    shutil.copytree(trained / "preprocess", other.parent / "preprocess")  # a complete workdir, same cache
     oof = pd.read_csv(other / "oof.csv", dtype={"id": str, "label": str})
     cols = [c for c in oof.columns if c.startswith("p_")]
     wrong = (oof.label.map({c[2:]: k for k, c in enumerate(cols)}).to_numpy() + 1) % len(cols)  # confidently wrong
@@ -105,11 +108,28 @@ def test_extra_runs_with_oof_weights(trained, tmp_path):  # noqa: F811
     assert stage_status(BY_NAME["predict"], params, workdir) == ("stale", f"input run:{other} changed")
 
 
+def test_extra_run_on_another_cache_is_refused_by_name(trained, tmp_path):  # noqa: F811
+    other = tmp_path / "other"
+    shutil.copytree(trained / "train", other / "train")
+    report = json.loads((trained / "preprocess" / "report.json").read_text())
+    (other / "preprocess").mkdir()
+    (other / "preprocess" / "report.json").write_text(json.dumps({**report, "size": [48, 48], "channels": "rgb"}))
+    workdir = tmp_path / "w"
+    for name in ("preprocess", "dedup", "train"):
+        shutil.copytree(trained / name, workdir / name)
+    result = cli(workdir, f"predict.runs=[{other / 'train'}]")
+    assert result.exit_code == 2 and not (workdir / "predict").exists()
+    assert f"predict.runs: {other / 'train'} was trained on a different cache: size [48, 48] (this workdir: {report['size']}); " \
+           f"channels rgb (this workdir: {report['channels']})" in " ".join(result.output.split())
+    shutil.rmtree(other / "preprocess")
+    assert "has no" in cli(workdir, f"predict.runs=[{other / 'train'}]").output
+
+
 def test_bad_sample_column_fails_with_one_line(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
     for name in ("preprocess", "dedup", "train"):
         shutil.copytree(trained / name, workdir / name)
-    sample = workdir / "preprocess" / "sample_submission.csv"
+    sample = workdir / "preprocess" / "test" / "sample_submission.csv"
     frame = pd.read_csv(sample, dtype=str)
     frame["extra"] = "x"
     frame.to_csv(sample, index=False)
@@ -123,15 +143,15 @@ def test_constructed_leak_is_corrected_in_the_submission(trained, tmp_path):  # 
     workdir = tmp_path / "w"
     for name in ("preprocess", "dedup", "train"):
         shutil.copytree(trained / name, workdir / name)
-    clusters = pd.read_csv(workdir / "dedup" / "clusters.csv", dtype={"id": str})
-    index = pd.read_csv(workdir / "preprocess" / "index.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+    clusters = read_clusters(workdir / "dedup")
+    index = read_index(workdir / "preprocess")
     run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
     before = pd.read_csv(workdir / "predict" / "submission.csv", dtype=str).set_index("id").label
     test_id = before.index[0]
     # a train image of a different class than predicted
     donor = index[(index.split == "train") & (index.label != before[test_id])].iloc[0]
     clusters.loc[clusters.id == test_id, "cluster"] = int(clusters.loc[clusters.id == donor.id, "cluster"].iloc[0])
-    clusters.to_csv(workdir / "dedup" / "clusters.csv", index=False)
+    save_clusters(workdir / "dedup", clusters)
     result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
     after = pd.read_csv(workdir / "predict" / "submission.csv", dtype=str).set_index("id").label
     assert after[test_id] == donor.label
@@ -145,8 +165,8 @@ def test_probability_sample_gets_probabilities(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
     for name in ("preprocess", "dedup", "train"):
         shutil.copytree(trained / name, workdir / name)
-    classes = json.loads((workdir / "preprocess" / "classes.json").read_text())
-    sample_path = workdir / "preprocess" / "sample_submission.csv"
+    classes = json.loads((workdir / "preprocess" / "train" / "classes.json").read_text())
+    sample_path = workdir / "preprocess" / "test" / "sample_submission.csv"
     sample = pd.read_csv(sample_path, dtype=str)[["id"]]
     for c in reversed([str(c) for c in classes]):
         sample[c] = "0.1"
@@ -163,7 +183,7 @@ def test_unreadable_test_image_gets_the_train_prior(trained, tmp_path):  # noqa:
     workdir = tmp_path / "w"
     for name in ("preprocess", "dedup", "train"):
         shutil.copytree(trained / name, workdir / name)
-    sample_path = workdir / "preprocess" / "sample_submission.csv"
+    sample_path = workdir / "preprocess" / "test" / "sample_submission.csv"
     sample = pd.read_csv(sample_path, dtype=str)
     sample = pd.concat([sample.iloc[:3], pd.DataFrame({"id": ["broken_file"], "label": ["0"]}), sample.iloc[3:]])
     sample.to_csv(sample_path, index=False)
@@ -171,6 +191,6 @@ def test_unreadable_test_image_gets_the_train_prior(trained, tmp_path):  # noqa:
     assert result["filled with prior (unreadable)"] == 1
     probs = pd.read_csv(workdir / "predict" / "probs.csv", dtype={"id": str}).set_index("id")
     assert probs.index.tolist() == sample.id.tolist()
-    index = pd.read_csv(workdir / "preprocess" / "index.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+    index = read_index(workdir / "preprocess")
     prior = index[index.split == "train"].label.value_counts(normalize=True)
     assert np.allclose(probs.loc["broken_file"].to_numpy(), prior.reindex([c[2:] for c in probs.columns]).to_numpy())

@@ -3,7 +3,7 @@ import pandas as pd
 
 from pipeline.params import PseudoParams
 from pipeline.runner import BY_NAME, run_stage
-from pipeline.cache import read_pseudo_rows
+from pipeline.cache import read_index, read_pseudo_rows
 from stages.pseudo import select
 from tests._predict_fixtures import tiny_params, trained  # noqa: F401
 
@@ -36,13 +36,13 @@ def test_pseudo_stage_on_the_example(trained, tmp_path):  # noqa: F811
     run_stage(BY_NAME["predict"], p, trained)
     run_stage(BY_NAME["pseudo"], p, trained)
     table = pd.read_csv(trained / "pseudo" / "pseudo.csv", dtype={"id": str, "label": str})
-    index = pd.read_csv(trained / "preprocess" / "index.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+    index = read_index(trained / "preprocess")
     test = index[index.split == "test"].set_index("id")
     assert len(table) > 0 and set(table.id) <= set(test.index)
     assert (trained / "pseudo" / "pseudo.png").stat().st_size > 1000
-    assert (test.loc[table.id, "row"].to_numpy() == table.row.to_numpy()).all()  # rows of test.npy
+    assert (test.loc[table.id, "row"].to_numpy() == table.row.to_numpy()).all()  # rows of test/images.npy
     targets = table[[c for c in table.columns if c.startswith("p_")]].to_numpy()
     assert set(np.unique(targets)) <= {0.0, 1.0} and np.allclose(targets.sum(1), 1)  # hard: one-hot
-    classes = pd.read_json(trained / "preprocess" / "classes.json").iloc[:, 0].astype(str).tolist()
+    classes = pd.read_json(trained / "preprocess" / "train" / "classes.json").iloc[:, 0].astype(str).tolist()
     rows = read_pseudo_rows(trained / "pseudo", classes)
     assert rows.targets.shape == (len(table), len(classes)) and np.allclose(rows.weights, 0.5)

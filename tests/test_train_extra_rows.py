@@ -8,11 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.cache import IMAGES, read_clusters, read_index
 from pipeline.params import load_params
 from pipeline.errors import StageError
 from pipeline.runner import StagePaths
 import stages.train as train_stage
 from stages.train.rows import RowStack
+from tests.cache_files import save_clusters, save_index
 from tests.test_train_fold import TINY, make_inputs
 
 N_TEST = 12
@@ -25,16 +27,16 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("extra")
     inputs = make_inputs(root)
     pre, dedup = inputs["preprocess"], inputs["dedup"]
-    train = np.load(pre / "train.npy")
-    np.save(pre / "test.npy", train[:N_TEST][::-1].copy())
-    index = pd.read_csv(pre / "index.csv", dtype=str)
+    train = np.load(pre / "train" / IMAGES)
+    np.save(pre / "test" / IMAGES, train[:N_TEST][::-1].copy())
+    index = read_index(pre).astype(str)
     test_ids = [f"t{i}" for i in range(N_TEST)]
     test = pd.DataFrame({"id": test_ids, "split": "test", "label": "", "row": range(N_TEST), "path": ""})
-    pd.concat([index, test]).to_csv(pre / "index.csv", index=False)
-    clusters = pd.read_csv(dedup / "clusters.csv")
+    save_index(pre, pd.concat([index, test]))
+    clusters = read_clusters(dedup)
     test_clusters = [clusters.cluster[0], clusters.cluster[0]] + [1000 + i for i in range(2, N_TEST)]
     extra = pd.DataFrame({"id": test_ids, "split": "test", "cluster": test_clusters, "is_representative": True, "weight": 1.0})
-    pd.concat([clusters, extra]).to_csv(dedup / "clusters.csv", index=False)
+    save_clusters(dedup, pd.concat([clusters, extra]))
     # A pseudo-label table as `pipeline pseudo` writes it: soft targets, weight 0.5.
     probs = np.full((N_TEST, 3), 0.05, np.float32)
     labels = (np.arange(N_TEST)[::-1]) % 3  # test row r is train image N_TEST-1-r
@@ -83,7 +85,7 @@ def test_pseudo_rows_train_every_fold_but_never_validate(inputs):
     assert not {"t0", "t1"} & set(rows.ids[rows.fold_split(copy_fold)[0]])
     # pixels of a pseudo row are its test image
     stack = data.pixels
-    assert (stack[rows.rows[pseudo[3]]] == np.load(inputs["preprocess"] / "test.npy")[3]).all()
+    assert (stack[rows.rows[pseudo[3]]] == np.load(inputs["preprocess"] / "test" / IMAGES)[3]).all()
 
 
 def test_a_pseudo_round_changes_training_but_not_what_is_validated(inputs, tmp_path):
@@ -108,7 +110,7 @@ def test_distillation_trains_on_teacher_targets(inputs, tmp_path):
     assert np.allclose(rows.teacher[~taught].max(1), 0.8)
     (tmp_path / "student").mkdir()
     summary = train_stage.run(params, StagePaths(out=tmp_path / "student", inputs=base))
-    assert summary["folds trained"] == 1
+    assert len(summary["trained in this run"]) == 1
     ckpt = torch.load(tmp_path / "student" / "fold0" / "last.pt", weights_only=False)
     assert ckpt["distill"]["teacher"] == str(inputs["teacher"])
 
@@ -135,6 +137,6 @@ def test_pseudo_and_teacher_rows_on_the_device_side_augmentation_path(inputs, tm
     """The path train takes on a GPU when the cache fits there (forced here on the CPU)."""
     params = params_for("train.fold=0", "train.gpu_augment=always", f"distill.teacher={inputs['teacher']}")
     summary = train_stage.run(params, StagePaths(out=tmp_path, inputs=inputs))
-    assert summary["folds trained"] == 1
+    assert len(summary["trained in this run"]) == 1
     oof = pd.read_csv(tmp_path / "oof.csv", dtype={"id": str})
     assert not oof.id.str.startswith("t").any() and np.isfinite(oof.filter(like="p_").to_numpy()).all()

@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.cache import read_clusters, read_index
 from pipeline.params import load_params
 from pipeline.errors import StageError
 from pipeline.runner import StagePaths
 import stages.train as train_stage
 from stages.augment import gpu_recipe
 from stages.train import loop
+from tests.cache_files import save_cache, save_clusters
 
 TINY = ["train.model=resnet10t", "train.epochs=2", "train.batch_size=16", "train.lr_base_batch=null", "train.checkpoint_every=1", "train.workers=0", "train.folds=3",
         "train.eval_batch_size=64", "train.warmup_epochs=1", "train.mixup=0.2", "train.cutmix=0.0", "train.patience=0",
@@ -29,13 +31,11 @@ def make_inputs(root, n=48, classes=3, size=16):
     pre, dedup, aug = root / "preprocess", root / "dedup", root / "augment"
     for d in (pre, dedup, aug):
         d.mkdir(parents=True)
-    np.save(pre / "train.npy", images)
-    np.save(pre / "test.npy", images[:0])
     ids = [f"img{i}" for i in range(n)]
-    pd.DataFrame({"id": ids, "split": "train", "label": [str(c) for c in labels], "row": range(n), "path": ""}).to_csv(pre / "index.csv", index=False)
-    (pre / "classes.json").write_text(json.dumps([str(c) for c in range(classes)]))
+    index = pd.DataFrame({"id": ids, "split": "train", "label": [str(c) for c in labels], "row": range(n), "path": ""})
+    save_cache(pre, images, images[:0], index, [str(c) for c in range(classes)])
     cluster = [i // 2 for i in range(n)]  # pairs of "duplicates" (same label: i and i+1 differ, so use i//2*2 labels)
-    pd.DataFrame({"id": ids, "split": "train", "cluster": cluster, "is_representative": True, "weight": 1.0}).to_csv(dedup / "clusters.csv", index=False)
+    save_clusters(dedup, pd.DataFrame({"id": ids, "split": "train", "cluster": cluster, "is_representative": True, "weight": 1.0}))
     A.save(A.Compose([A.HorizontalFlip(p=0.5)]), str(aug / "transform.json"), data_format="json")
     params, _ = load_params("params.yaml", ["data.root=/nonexistent"])
     (aug / "gpu_augment.json").write_text(json.dumps(gpu_recipe(params.augment)))
@@ -58,9 +58,9 @@ def test_oof_covers_every_train_id_once_and_is_deterministic(inputs, tmp_path):
     run(inputs, tmp_path / "a")
     run(inputs, tmp_path / "b")
     oof = pd.read_csv(tmp_path / "a" / "oof.csv", dtype={"id": str, "label": str})
-    ids = pd.read_csv(inputs["preprocess"] / "index.csv").id
+    ids = read_index(inputs["preprocess"]).id
     assert sorted(oof.id) == sorted(ids) and oof.id.is_unique
-    clusters = pd.read_csv(inputs["dedup"] / "clusters.csv").set_index("id").cluster
+    clusters = read_clusters(inputs["dedup"]).set_index("id").cluster
     assert oof.groupby(oof.id.map(clusters)).fold.nunique().max() == 1
     again = pd.read_csv(tmp_path / "b" / "oof.csv", dtype={"id": str, "label": str})
     pd.testing.assert_frame_equal(oof, again)  # same params + seed on CPU -> identical OOF
@@ -121,7 +121,7 @@ def test_missing_pretrained_file_is_a_clear_error(inputs, tmp_path):
 def test_pretrained_from_our_checkpoint_loads(inputs, tmp_path):
     run(inputs, tmp_path / "first", ["train.fold=0", "train.epochs=1"])
     summary, _ = run(inputs, tmp_path / "second", ["train.fold=0", "train.epochs=1", f"train.pretrained={tmp_path / 'first' / 'fold0' / 'best.pt'}"])
-    assert summary["folds trained"] == 1
+    assert len(summary["trained in this run"]) == 1
 
 
 @pytest.mark.parametrize("score", ["probe", "contrast"])
@@ -151,5 +151,5 @@ def test_a_finished_fold_is_kept_when_the_other_folds_train(inputs, tmp_path):
     first = (tmp_path / "fold1" / "best.pt").stat().st_mtime_ns
     summary, _ = run(inputs, tmp_path, [])
     assert (tmp_path / "fold1" / "best.pt").stat().st_mtime_ns == first  # not retrained
-    assert summary["folds trained"] == 2 and summary["folds missing"] == "none"
+    assert summary["trained in this run"] == ["fold 0", "fold 2"] and summary["missing folds"] == "none"
     assert sorted(pd.read_csv(tmp_path / "oof.csv").fold.unique()) == [0, 1, 2]

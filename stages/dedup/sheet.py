@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from pipeline.artifacts import atomic_path  # noqa: E402
+from pipeline.plots import plt, save_figure
 
 PER_ROW = 8  # members shown per cluster
 
@@ -38,7 +34,4 @@ def contact_sheet(path: Path, clusters: pd.DataFrame, images, report: dict, top:
         axes[r, 0].text(-0.1, 0.5, f"{kind} #{info['cluster']}\nn={size} min={info['weakest_link']:.3f}",
                         transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7)
     fig.suptitle("duplicate clusters (largest, then label conflicts in red); min = weakest link", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)

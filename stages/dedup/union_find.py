@@ -35,7 +35,3 @@ class UnionFind:
         _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
         order = np.argsort(np.argsort(first))
         return order[inverse]
-
-    def union_pairs(self, a, b) -> int:
-        """Union every pair (a[k], b[k]); returns how many unions joined two different sets."""
-        return sum(self.union(int(x), int(y)) for x, y in zip(a, b))

@@ -8,30 +8,36 @@ Steps, each in its own module:
   3. predict the test cache with every member x the chosen views, merge views, average members.
   4. correction.py: duplicate clusters share one prediction; test duplicates of train images take
      their label.
-  5. submission.py: the sample's exact format, validated on disk.
+  5. submission.py: the sample's exact format, validated on disk; multi-label tags above per-class
+     thresholds fitted on the ensemble's OOF (scoring.py), or the top k classes.
+scoring.py: the train run's metric (train/cv.json) drives auto TTA, run weights and the thresholds.
 Outputs: probs.csv (id, p_<class>...), submission.csv, summary.json, oof.csv (the ensemble's
 out-of-fold probabilities, no TTA: the distillation teacher), tta_oof.csv, corrections.csv,
-predictions.png.
+thresholds.json (multi-label), predictions.png.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline import metrics, tasks
 from pipeline.artifacts import read_json, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_task
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_sample, read_task
 from pipeline.console import console, track
-from pipeline.device import resolve_device
+from pipeline.device import autocast_dtype, resolve_device
 from pipeline.params import TTA_VIEWS, Params
 from pipeline.errors import StageError
+from stages.predict.compatible import check_runs
 from stages.predict.correction import correct
+from pipeline.blend import fit_weights
 from stages.predict import scoring
-from stages.predict.ensemble import Member, find_members, fit_weights, load_model, predict_views, read_oof
 from stages.predict.scoring import Result, better, rank  # noqa: F401  (Result is part of this stage's API)
+from stages.predict.ensemble import Member, find_members, load_model, predict_views, read_oof
 from stages.predict.plots import plot_predictions
 from stages.predict.submission import Answers, build_submission, write_submission
 from stages.predict.tta import MERGES, expand, merge
@@ -46,12 +52,18 @@ class Context:
         self.index, self.classes, self.task = read_index(pre), read_classes(pre), read_task(pre)
         self.multi_label = self.task.multi_label
         self.scoring = scoring.load(paths["train"], self.task, self.p.tta_metric)
+        self.thresholds, self.thresholds_from = None, None  # multi-label: set by score_oof
         self.arrays = read_arrays(pre)
         self.row_of = {s: self.index[self.index.split == s].set_index("id")["row"] for s in ("train", "test")}
         self.run_dirs = [Path(paths["train"])] + [Path(r).expanduser() for r in self.p.runs]
+        check_runs(pre, self.run_dirs[1:])
         self.members, self.missing = find_members(self.run_dirs)
         self.device = resolve_device(self.p.device)
-        self.amp = self.p.amp and self.device.type == "cuda"
+        self.amp = autocast_dtype(self.p.amp, self.device)
+        self.seed = params.seed  # the OOF sample TTA is measured on
+        self.train_labels = self.index[self.index.split == "train"].set_index("id")["label"]
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every batch has the same shape: cudnn's fastest kernels, found once
         self.run_weight = {str(r): 1.0 / len(self.run_dirs) for r in self.run_dirs}
         self.how = "mean_prob"  # the TTA merge; choose_tta's pick replaces it
 
@@ -76,7 +88,7 @@ def fit_run_weights(ctx: Context) -> dict:
         raise StageError("predict.weights = oof: the runs share no out-of-fold ids (were they trained on the same data?)")
     y = ctx.scoring.truth(oofs[0].loc[common, "label"], ctx.classes)
     columns = [f"p_{c}" for c in ctx.classes]
-    weights = fit_weights([o.loc[common, columns].to_numpy() for o in oofs], ctx.scoring.run_objective(y))
+    weights = fit_weights([o.loc[common, columns].to_numpy() for o in oofs], objective=ctx.scoring.run_objective(y))
     ctx.run_weight = {str(r): float(w) for r, w in zip(ctx.run_dirs, weights)}
     return {f"weight {r}": round(float(w), 4) for r, w in zip(ctx.run_dirs, weights)}
 
@@ -107,7 +119,7 @@ def oof_view_logits(ctx: Context, groups: list[str]) -> tuple[dict[str, np.ndarr
     if not ids:
         raise StageError(f"no out-of-fold rows shared by the runs {', '.join(oofs)} to measure TTA on (empty oof.csv?)")
     if ctx.p.tta_oof_images and len(ids) > ctx.p.tta_oof_images:
-        ids = sorted(np.random.default_rng(0).choice(ids, ctx.p.tta_oof_images, replace=False))
+        ids = sorted(np.random.default_rng(ctx.seed).choice(ids, ctx.p.tta_oof_images, replace=False))
     position = pd.Series(np.arange(len(ids)), index=ids)
     y = ctx.scoring.truth(next(iter(oofs.values())).loc[ids, "label"], ctx.classes)
     logits = {r: np.zeros((len(views), len(ids), len(ctx.classes)), dtype=np.float32) for r in oofs}
@@ -183,80 +195,116 @@ def predict_test(ctx: Context, views) -> tuple[np.ndarray, list[str], str]:
     return probs, test.id.tolist()
 
 
-def answers_for(ctx: Context, thresholds) -> Answers:
-    """What each submission row answers: tags above the thresholds, or the top k classes."""
-    probability_metric = not metrics.get(ctx.scoring.metric)[0].needs_decisions
-    return Answers(multi_label=ctx.multi_label, thresholds=0.5 if thresholds is None else thresholds,
-                   at_least_one=ctx.scoring.options.at_least_one, top_k=ctx.p.top_k or ctx.task.top_k,
-                   separator=ctx.task.separator, probabilities=probability_metric)
-
-
 def run(params: Params, paths) -> dict:
+    """The story: ensemble's OOF, TTA chosen on it, the test predicted, corrected, written, summarised."""
     ctx = Context(params, paths)
-    pre, out = paths["preprocess"], paths.out
     if ctx.missing:
         console.print(f"[yellow]missing folds[/] (predicting with the {len(ctx.members)} that finished): {', '.join(ctx.missing)}")
     weights = fit_run_weights(ctx)
+    oof = score_oof(ctx, paths.out)
+    tta = pick_tta(ctx, paths.out)
+    probs, ids = predict_test(ctx, tta.views)
+    probs, ids, unread = fill_unread(ctx, paths["preprocess"], probs, ids)
+    probs, changes = correct(probs, ids, read_clusters(paths["dedup"]), ctx.train_labels, ctx.classes, ctx.p.leak_label,
+                             ctx.p.consistent_clusters, ctx.task)
+    write_csv(paths.out / "corrections.csv", changes)
+    probs, submission = write_outputs(ctx, paths, probs, ids)
+    summary = summarize(ctx, paths, weights, oof, tta, submission, probs, unread, changes)
+    shown = ctx.train_labels.map(lambda c: tasks.split_tags(c, ctx.task.separator)).explode() if ctx.multi_label else ctx.train_labels
+    plot_predictions(paths.out / "predictions.png", probs, ctx.classes, shown, tta.table, ("+".join(tta.groups), ctx.how))
+    return summary
+
+
+def score_oof(ctx: Context, out: Path) -> dict:
+    """The ensemble's out-of-fold probabilities (oof.csv: the distillation teacher) and their scores;
+    multi-label: the decision thresholds, fitted on them (thresholds.json), which TTA is then scored with."""
     oof = ensemble_oof(ctx)
     write_csv(out / "oof.csv", oof)
     y = ctx.scoring.truth(oof.label, ctx.classes)
-    oof_probs = oof[[f"p_{c}" for c in ctx.classes]].to_numpy()
-    thresholds, thresholds_from = (ctx.scoring.thresholds(y, oof_probs, ctx.p.thresholds) if ctx.multi_label else (None, None))
+    probs = oof[[f"p_{c}" for c in ctx.classes]].to_numpy()
+    scores = {}
     if ctx.multi_label:
-        ctx.scoring = ctx.scoring.with_thresholds(thresholds)
-        write_json(out / "thresholds.json", dict(zip(ctx.classes, np.broadcast_to(thresholds, len(ctx.classes)).tolist())))
-    measured = ctx.scoring.measure(y, oof_probs)
-    oof_accuracy, oof_log_loss = measured.accuracy, measured.log_loss
-    oof_metric = metrics.score(ctx.scoring.metric, y, oof_probs, ctx.scoring.options)
+        ctx.thresholds, ctx.thresholds_from = ctx.scoring.thresholds(y, probs, ctx.p.thresholds)
+        ctx.scoring = ctx.scoring.with_thresholds(ctx.thresholds)
+        write_json(out / "thresholds.json", dict(zip(ctx.classes, np.broadcast_to(ctx.thresholds, len(ctx.classes)).tolist())))
+        scores["decision thresholds"] = ctx.thresholds_from
+    fitted = ", thresholds fitted on it" if ctx.thresholds_from and "fitted" in ctx.thresholds_from else ""
+    measured = ctx.scoring.measure(y, probs)
+    return {**scores, f"ensemble oof {ctx.scoring.metric} (no TTA{fitted})": metrics.score(ctx.scoring.metric, y, probs, ctx.scoring.options),
+            "ensemble oof accuracy (no TTA)": measured.accuracy, "ensemble oof log loss (no TTA)": measured.log_loss}
 
+
+@dataclass
+class TtaChoice:
+    groups: list[str]  # the chosen view groups
+    views: list  # the views they expand to
+    table: pd.DataFrame  # every candidate measured on OOF
+    identity: pd.Series  # the no-TTA row of the table
+    chosen: pd.Series  # the chosen row
+
+
+def pick_tta(ctx: Context, out: Path) -> TtaChoice:
+    """TTA views and merge measured on out-of-fold images (tta_oof.csv); sets ctx.how."""
     groups, ctx.how, table = choose_tta(ctx)
     write_csv(out / "tta_oof.csv", table)
     identity = table[table.views == "identity"].sort_values("accuracy").iloc[-1]
     chosen = table[(table.views == "+".join(groups)) & (table["merge"] == ctx.how)].iloc[0]
-    views = expand(groups, ctx.p.tta_shift, ctx.p.tta_scale, ctx.p.tta_crop)
-    probs, ids = predict_test(ctx, views)
+    return TtaChoice(groups, expand(groups, ctx.p.tta_shift, ctx.p.tta_scale, ctx.p.tta_crop), table, identity, chosen)
 
-    # Test images preprocess could not read still need a row: they get the training prior.
-    sample = pd.read_csv(pre / "sample_submission.csv", dtype=str, keep_default_na=False)
-    id_col = sample.columns[0]
-    train_labels = ctx.index[ctx.index.split == "train"].set_index("id")["label"]
-    predicted_ids = set(ids)
-    unread = [i for i in sample[id_col] if i not in predicted_ids]
+
+def fill_unread(ctx: Context, pre: Path, probs: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Test images preprocess could not read still need a row: they get the training prior."""
+    sample = read_sample(pre)
+    predicted = set(ids)
+    unread = [i for i in sample[sample.columns[0]] if i not in predicted]
     if unread:
-        prior = (tasks.targets(train_labels, ctx.classes, ctx.task).mean(0) if ctx.multi_label
-                 else train_labels.value_counts(normalize=True).reindex(ctx.classes, fill_value=0).to_numpy())
-        ids = ids + unread
-        probs = np.vstack([probs, np.tile(prior, (len(unread), 1))])
+        prior = (tasks.targets(ctx.train_labels, ctx.classes, ctx.task).mean(0) if ctx.multi_label  # each tag's frequency
+                 else ctx.train_labels.value_counts(normalize=True).reindex(ctx.classes, fill_value=0).to_numpy())
+        ids, probs = ids + unread, np.vstack([probs, np.tile(prior, (len(unread), 1))])
+    return probs, ids, unread
 
-    clusters = read_clusters(paths["dedup"])
-    probs, changes = correct(probs, ids, clusters, train_labels, ctx.classes, ctx.p.leak_label, ctx.p.consistent_clusters, ctx.task)
-    write_csv(out / "corrections.csv", changes)
 
-    # probs.csv follows the sample's id order, like the submission.
+def write_outputs(ctx: Context, paths, probs: np.ndarray, ids: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """probs.csv and submission.csv, both in the sample's id order; the submission validated on disk."""
+    sample = read_sample(paths["preprocess"])
     order = {i: k for k, i in enumerate(ids)}
-    ids = sample[id_col].tolist()
+    ids = sample[sample.columns[0]].tolist()
     probs = probs[[order[i] for i in ids]]
     frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in ctx.classes])
     frame.insert(0, "id", ids)
-    write_csv(out / "probs.csv", frame)
-    answers = answers_for(ctx, thresholds)
+    write_csv(paths.out / "probs.csv", frame)
+    answers = answers_for(ctx, sample)
     submission = build_submission(sample, ids, probs, ctx.classes, answers)
-    write_submission(out / "submission.csv", submission, sample, ctx.classes, answers)
+    write_submission(paths.out / "submission.csv", submission, sample, ctx.classes, answers)
+    return probs, submission
 
-    predicted = (pd.Series([c for row in answers.tags(probs) for c, on in zip(ctx.classes, row) if on]) if ctx.multi_label
-                 else pd.Series([ctx.classes[k] for k in probs.argmax(1)]))  # multi-label: every tag answered
-    leaks_reported = len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", []))
+
+def answers_for(ctx: Context, sample: pd.DataFrame) -> Answers:
+    """What each submission row answers: tags above the thresholds, or the top k classes (predict.top_k,
+    else as many as the sample's label cells hold)."""
+    return Answers(multi_label=ctx.multi_label, thresholds=0.5 if ctx.thresholds is None else ctx.thresholds,
+                   at_least_one=ctx.scoring.options.at_least_one,
+                   top_k=ctx.p.top_k or (1 if ctx.multi_label else tasks.sample_answers(sample, ctx.task.separator)),
+                   separator=ctx.task.separator, probabilities=not metrics.get(ctx.scoring.metric)[0].needs_decisions)
+
+
+def summarize(ctx: Context, paths, weights: dict, oof: dict, tta: TtaChoice, submission: pd.DataFrame, probs: np.ndarray,
+              unread: list[str], changes: pd.DataFrame) -> dict:
+    """The stage summary (printed) and summary.json (with the whole class distribution)."""
+    if ctx.multi_label:  # every tag answered
+        tags = answers_for(ctx, read_sample(paths["preprocess"])).tags(probs)
+        predicted = pd.Series([c for row in tags for c, on in zip(ctx.classes, row) if on])
+    else:
+        predicted = pd.Series([ctx.classes[k] for k in probs.argmax(1)])
+    identity, chosen = tta.identity, tta.chosen
     summary = {
         "members": len(ctx.members),
         "runs": len(ctx.run_dirs),
         "missing folds": ctx.missing,
+        "task": f"{ctx.task.kind} ({ctx.task.why})",
         **weights,
-        "task": f"{ctx.task.kind} ({ctx.task.why})" + (f", {answers.top_k} answers per image" if answers.top_k > 1 else ""),
-        f"ensemble oof {ctx.scoring.metric} (no TTA{', thresholds fitted on it' if thresholds_from and 'fitted' in thresholds_from else ''})": oof_metric,
-        **({"decision thresholds": thresholds_from} if ctx.multi_label else {}),
-        "ensemble oof accuracy (no TTA)": oof_accuracy,
-        "ensemble oof log loss (no TTA)": oof_log_loss,
-        "tta views": "+".join(groups) + f" ({len(views)} views, {ctx.how})",
+        **oof,
+        "tta views": "+".join(tta.groups) + f" ({len(tta.views)} views, {ctx.how})",
         "tta chosen by": f"OOF {ctx.scoring.tta_metric} (auto)" if ctx.p.tta == "auto" else "params",
         "oof images measured": int(chosen.n_images),
         "oof accuracy without TTA": float(identity.accuracy),
@@ -265,14 +313,12 @@ def run(params: Params, paths) -> dict:
         "oof log loss without/with TTA": f"{identity.log_loss:.4f} / {chosen.log_loss:.4f}",
         "test images": len(submission),
         "filled with prior (unreadable)": len(unread),
-        "train-test leaks (dedup report)": leaks_reported,
+        "train-test leaks (dedup report)": len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", [])),
         "corrected by leak label": int((changes.rule == "leak").sum()),
         "corrected by cluster consistency": int((changes.rule == "cluster").sum()),
         "predictions changed by correction": int((changes.before != changes.after).sum()),
         "mean confidence": float(probs.max(1).mean()),
         "predicted tags" if ctx.multi_label else "predicted classes": predicted.value_counts().head(10).to_dict(),
     }
-    write_json(out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
-    shown = train_labels.map(lambda c: tasks.split_tags(c, ctx.task.separator)).explode() if ctx.multi_label else train_labels
-    plot_predictions(out / "predictions.png", probs, ctx.classes, shown, table, ("+".join(groups), ctx.how))
+    write_json(paths.out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
     return summary

@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 import timm
 import torch
-from scipy.optimize import minimize
 
 from pipeline.cache import read_probs
 from pipeline.errors import StageError
 from stages.predict.tta import View, apply_views
 from pipeline.device import to_input
+
+
+DEVICE_LOGITS = 2**26  # logits (256 MB of float32) kept on the device between host copies
 
 
 @dataclass
@@ -67,14 +69,16 @@ def load_model(path: Path, device: torch.device, channels_last: bool = False) ->
 
 @torch.no_grad()
 def predict_views(model, array: np.ndarray, rows: np.ndarray, norm: dict, views: list[View], batch_size: int,
-                  device: torch.device, amp: bool = False) -> np.ndarray:
+                  device: torch.device, amp: torch.dtype | None = None) -> np.ndarray:
     """Logits of every view for the given cache rows: (V, N, K) float32.
 
-    All views of a chunk of images go through the model as one batch of at most `batch_size`.
+    All views of a chunk of images go through the model as one batch of at most `batch_size`. The
+    logits stay on the device until the end, so the GPU runs ahead while the host reads (and pins)
+    the next chunk: the next batch is prefetched by construction, with one host copy at the end.
     """
     per_chunk = max(1, batch_size // len(views))
     cuda = device.type == "cuda"
-    out = []
+    out, host, held = [], [], 0
     for start in range(0, len(rows), per_chunk):
         images = torch.from_numpy(np.ascontiguousarray(array[rows[start : start + per_chunk]])).permute(0, 3, 1, 2)
         if cuda:
@@ -82,35 +86,18 @@ def predict_views(model, array: np.ndarray, rows: np.ndarray, norm: dict, views:
         x = apply_views(to_input(images, norm, device), views)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and cuda):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x).float()
-        out.append(logits.view(len(views), -1, logits.shape[-1]).cpu().numpy())
-    if not out:
+        out.append(logits.view(len(views), -1, logits.shape[-1]))
+        held += logits.numel()
+        if held > DEVICE_LOGITS:  # bounded device memory on a large test set: one host copy per this many logits
+            host.append(torch.cat(out, dim=1).cpu().numpy())
+            out, held = [], 0
+    if out:
+        host.append(torch.cat(out, dim=1).cpu().numpy())
+    if not host:
         return np.zeros((len(views), 0, 0), dtype=np.float32)
-    return np.concatenate(out, axis=1)
-
-
-def fit_weights(run_probs: list[np.ndarray], objective) -> np.ndarray:
-    """Non-negative run weights summing to 1 that minimise objective(weighted mean of the runs'
-    out-of-fold probabilities), the competition metric signed so lower is better (softmax
-    parametrisation, so the constraint holds by construction). Nelder-Mead needs no gradient, so a
-    stepwise metric (accuracy, F-beta) works; its first simplex steps are large enough to see steps."""
-    if len(run_probs) == 1:
-        return np.ones(1)
-    stacked = np.stack(run_probs)
-
-    def loss(z):
-        w = np.exp(z - z.max())
-        w /= w.sum()
-        return objective(np.tensordot(w, stacked, axes=1))
-
-    start = np.zeros(len(run_probs))
-    simplex = np.vstack([start, *np.eye(len(start))])
-    z = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6, "initial_simplex": simplex}).x
-    if loss(z) >= loss(start):  # no real gain over equal weights: keep them
-        return np.full(len(run_probs), 1 / len(run_probs))
-    w = np.exp(z - z.max())
-    return w / w.sum()
+    return np.concatenate(host, axis=1)
 
 
 def read_oof(run_dir: Path, classes: list[str]) -> pd.DataFrame:

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from pipeline.artifacts import atomic_path  # noqa: E402
+from pipeline.plots import plt, save_figure
 
 
 def plot_predictions(path: Path, probs: np.ndarray, classes: list[str], train_labels: pd.Series, tta: pd.DataFrame,
@@ -38,7 +34,4 @@ def plot_predictions(path: Path, probs: np.ndarray, classes: list[str], train_la
     lo = float(tta.accuracy.min())
     axes[2].set_xlim(max(0.0, lo - 0.02), min(1.0, float(tta.accuracy.max()) + 0.01))
     axes[2].set_title("TTA on out-of-fold images: accuracy")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

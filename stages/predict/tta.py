@@ -9,6 +9,7 @@ turns the group names into views.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -56,9 +57,15 @@ def expand(groups: list[str], shift: float, scale: float, crop: float) -> list[V
     return views
 
 
-def _resample(x: torch.Tensor, view: View) -> torch.Tensor:
+@lru_cache(maxsize=64)
+def _theta(view: View, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A view's affine on the device, built once (per batch it would be a host->device copy each time)."""
     # affine_grid maps output coordinates (-1..1) to input ones: input = output / zoom - 2 * shift.
-    theta = torch.tensor([[1 / view.zoom, 0, -2 * view.dx], [0, 1 / view.zoom, -2 * view.dy]], dtype=x.dtype, device=x.device)
+    return torch.tensor([[1 / view.zoom, 0, -2 * view.dx], [0, 1 / view.zoom, -2 * view.dy]], dtype=dtype, device=device)
+
+
+def _resample(x: torch.Tensor, view: View) -> torch.Tensor:
+    theta = _theta(view, x.dtype, x.device)
     grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

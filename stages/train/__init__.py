@@ -27,14 +27,15 @@ import pandas as pd
 import torch
 
 from pipeline import distributed as ddp
-from pipeline.artifacts import folder_lock, read_json, replace_dir, write_csv, write_json
+from pipeline.artifacts import finished_folds, folder_lock, read_json, replace_dir, write_csv, write_json
 from pipeline import tasks
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows, read_task
-from pipeline.console import console
+from pipeline.console import RunClock, console
 from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
-from pipeline.runner import finished_folds
+from stages.train import tensorboard
+from stages.train.data import data_workers, usable_cores
 from stages.train.distill import load_teacher
 from stages.train.folds import assign_folds, assign_multilabel_folds
 from stages.train.metrics import setup as setup_scoring
@@ -48,20 +49,24 @@ def check(params: Params) -> None:
     p = params.train
     if p.fold is not None and p.fold >= p.folds:
         raise StageError(f"train.fold = {p.fold}: expected 0..{p.folds - 1} (train.folds = {p.folds})")
+    tensorboard.check(p.tensorboard)
 
 
 def load_data(params: Params, paths) -> tuple[TrainData, pd.DataFrame]:
     """Everything that may train (stages.train.rows), its pixels, and the labelled table for the OOF file."""
     p = params.train
     pre = paths["preprocess"]
-    index, classes, arrays = read_index(pre), read_classes(pre), read_arrays(pre)
-    clusters = read_clusters(paths["dedup"])
+    # Without pseudo or teacher-taught test rows train reads the train side alone (the runner says which).
+    sides = paths.sides("preprocess")
+    index, classes, arrays = read_index(pre, sides), read_classes(pre), read_arrays(pre, sides)
+    arrays.setdefault("test", np.zeros((0, *arrays["train"].shape[1:]), np.uint8))
+    clusters = read_clusters(paths["dedup"], sides)
     train = index[index.split == "train"].merge(clusters[["id", "cluster", "weight"]], on="id")
     train = train[train.weight > 0].reset_index(drop=True)
     if len(train) < p.folds:
         raise StageError(f"train: {len(train)} training images for {p.folds} folds; need at least one per fold")
     task = read_task(pre)
-    targets = tasks.targets(train.label, classes, task)
+    targets = tasks.targets(train.label, classes, task)  # one-hot, or multi-hot tags
     labels = row_classes(targets)
     folds = (assign_multilabel_folds(targets, train.cluster.to_numpy(), p.folds, params.seed) if task.multi_label
              else assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed))
@@ -122,28 +127,40 @@ def run(params: Params, paths) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = params.train.cudnn_benchmark
     folds = range(params.train.folds) if params.train.fold is None else [params.train.fold]
+    finished = finished_folds(paths.out, getattr(paths, "key", ""))  # e.g. by an earlier --fold job
+    clock = RunClock(total_epochs=params.train.epochs * len([k for k in folds if k not in finished]))
     with ddp.session(params.train.dist_timeout, device) as world:
         params = resolve_batch_size(params, data, device, world.size)
         path, why = data_path(params.train, data, device)
         p = params.train
         if world.main:
             console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
-                          + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {list(folds)}")
-            console.print(f"train: data path {path}: {why}")
+                          + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {', '.join(map(str, folds))}")
+            workers = f"; loader workers {data_workers('auto')} (auto: {usable_cores()} cores)" if p.workers == "auto" and path == "loader" else ""
+            console.print(f"train: data path {path}: {why}{workers}")
         trained = []
         for fold in folds:
-            if fold in finished_folds(paths.out, getattr(paths, "key", "")):  # e.g. by an earlier --fold job
+            if fold in finished:
                 console.print(f"fold {fold}: finished earlier with these params and inputs, kept (`pipeline run --force` retrains it)")
                 continue
-            probs = train_fold(fold, data, params, paths.out / PARTIAL, device, path)
+            probs = train_fold(fold, data, params, paths.out / PARTIAL, device, path, clock)
             trained.append(fold)
             if world.main:
                 finish_fold(fold, probs, data, train, params, paths, {"data_path": path, "batch_size": p.batch_size})
     if not world.main:
         return {}
+    remove_if_empty(paths.out / PARTIAL)
     with folder_lock(paths.out):
         result = summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
     return {**result, "data path": f"{path} ({why})", "batch size": p.batch_size}
+
+
+def remove_if_empty(folder) -> None:
+    """.partial/ holds unfinished folds only; once every fold is renamed into place it goes too."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or another job's fold is still training in it
+        pass
 
 
 def resolve_batch_size(params: Params, data: TrainData, device: torch.device, world_size: int) -> Params:
@@ -201,18 +218,13 @@ def finish_fold(fold: int, probs: np.ndarray, data: TrainData, train: pd.DataFra
 
 
 def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
-    """oof.csv, cv.json and confusion.png from every finished fold of this recipe (call under the lock)."""
-    from stages.train import plots
+    """oof.csv, cv.json, confusion.png and top_losses.png from every finished fold of this recipe (call
+    under the lock); returns the stage summary, CV first, epochs 1-based. Multi-label: no confusion
+    matrix or top losses (one class per image), and the CV with per-class thresholds fitted on OOF."""
+    from stages.train import plots, top_losses
 
     p, out = params.train, paths.out
-    key = getattr(paths, "key", "")
-    folds = []
-    for fold in finished_folds(out):
-        if read_json(out / f"fold{fold}" / "fold.json")["key"] == key:
-            folds.append(fold)
-        else:
-            console.print(f"[yellow]removed[/] {out / f'fold{fold}'}: trained with other params or inputs")
-            shutil.rmtree(out / f"fold{fold}")
+    folds = current_folds(out, getattr(paths, "key", ""))
     classes, task = read_classes(paths["preprocess"]), read_task(paths["preprocess"])
     oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False) for k in folds],
                     ignore_index=True)
@@ -220,32 +232,52 @@ def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
     truth = tasks.truth(oof.label, classes, task)
     scoring = setup_scoring(p, task, truth if task.multi_label else None)
     metric = scoring.metric
-    per_fold, speed, epochs = {}, [], {}
-    for fold in folds:
-        rows = (oof.fold == fold).to_numpy()
-        per_fold[fold] = scoring.scores(truth[rows], oof.loc[rows, columns].to_numpy())[metric]
-        history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
-        speed.append(float(history.images_per_s.median()))
-        best_row = history[f"val_{metric}"].idxmax() if scoring.higher_is_better else history[f"val_{metric}"].idxmin()
-        epochs[fold] = f"{int(history.epoch[best_row])}/{len(history)}"
+    table = [fold_row(out, fold, truth[(oof.fold == fold).to_numpy()], oof[oof.fold == fold][columns].to_numpy(), scoring) for fold in folds]
     write_csv(out / "oof.csv", oof)
     probs = oof[columns].to_numpy()
     overall = scoring.scores(truth, probs)
     if not task.multi_label:
         plots.confusion(truth, probs.argmax(1), classes, out / "confusion.png")
-    values = list(per_fold.values())
+        top_losses.write(out / "top_losses.png", oof, classes, paths["preprocess"], paths["dedup"])
+    values = [row[metric] for row in table]
     missing = [k for k in range(p.folds) if k not in folds]
     o = scoring.options
     cv = {"metric": metric, "metric_from": scoring.why, "task": task.kind,
-          "metric_options": {"beta": o.beta, "average": o.average, "at_least_one": o.at_least_one}, "mean": float(np.mean(values)), "std": float(np.std(values)),
-          "per_fold": {str(k): v for k, v in per_fold.items()}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
-    summary = {"model": model, "task": f"{task.kind} ({task.why})", "metric": f"{metric} ({scoring.why})",
-               "folds trained": len(trained), "folds in the summary": folds,
-               "folds missing": ", ".join(map(str, missing)) or "none", "best epoch / epochs run": epochs,
-               "train images/s (median epoch)": f"{np.mean(speed):.0f}", f"cv {metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f}",
-               **{f"oof {k}": v for k, v in overall.items()}}
+          "metric_options": {"beta": o.beta, "average": o.average, "at_least_one": o.at_least_one},
+          "mean": float(np.mean(values)), "std": float(np.std(values)),
+          "per_fold": {str(row["fold"]): row[metric] for row in table}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
+    tuned = {}
     if scoring.uses_thresholds:
         _, cv[f"oof_{metric}_tuned_thresholds"] = scoring.tuned(truth, probs)
-        summary[f"oof {metric}, thresholds fitted on OOF (optimistic)"] = cv[f"oof_{metric}_tuned_thresholds"]
+        tuned = {f"oof {metric}, thresholds fitted on OOF (optimistic)": round(cv[f"oof_{metric}_tuned_thresholds"], 4)}
     write_json(out / "cv.json", cv)
-    return summary
+    return {f"cv {metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f} over {len(folds)} of {p.folds} folds",
+            "metric": f"{metric} ({scoring.why})", "task": f"{task.kind} ({task.why})",
+            "oof": {k.replace("_", " "): round(v, 4) for k, v in overall.items()}, **tuned,
+            "folds": table, "missing folds": missing or "none", "model": model,
+            "trained in this run": [f"fold {k}" for k in trained] or "none (every fold was finished)",
+            "plots": "train/fold<k>/curves.png" if task.multi_label else "train/confusion.png, train/top_losses.png, train/fold<k>/curves.png"}
+
+
+def current_folds(out, key: str) -> list[int]:
+    """The finished folds trained with this key; finished folds of another recipe are removed, as a full
+    rerun would replace them."""
+    folds = []
+    for fold in finished_folds(out):
+        if read_json(out / f"fold{fold}" / "fold.json")["key"] == key:
+            folds.append(fold)
+        else:
+            console.print(f"[yellow]removed[/] {out / f'fold{fold}'}: trained with other params or inputs")
+            shutil.rmtree(out / f"fold{fold}")
+    return folds
+
+
+def fold_row(out, fold: int, truth: np.ndarray, probs: np.ndarray, scoring) -> dict:
+    """One line of the summary's fold table: its best checkpoint's score, which epoch (1-based), speed."""
+    from stages.train.plots import best_epoch
+
+    metric = scoring.metric
+    history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
+    score = scoring.scores(truth, probs)[metric]
+    return {"fold": fold, metric: round(score, 4), "best epoch": f"{int(history.epoch[best_epoch(history, metric)]) + 1} of {len(history)}",
+            "img/s": int(round(float(history.images_per_s.median()))), "minutes": round(float(history.seconds.sum()) / 60, 1)}

@@ -57,35 +57,44 @@ def from_oof(path: str | None, ids: np.ndarray, targets: np.ndarray, classes: li
 
 def probe(array, rows: np.ndarray, targets: np.ndarray, norm: dict, p: TrainParams, num_classes: int, device, seed: int) -> np.ndarray:
     """Loss of a short probe training, out of sample: train on one half for curriculum_probe_epochs,
-    score the other half, and swap."""
-    from pipeline.device import to_input
+    score the other half, and swap. The probe trains as train does: train.optimizer, lr, weight_decay, amp."""
+    import timm.optim
+
+    from pipeline.device import autocast_dtype, to_input
     from stages.train.model import create_model
 
     rng = np.random.default_rng([seed, 7])
     half = rng.permutation(len(rows)) % 2
     difficulty = np.zeros(len(rows))
+    amp = autocast_dtype(p.amp, device)
+    batch_size = p.lr_base_batch if p.batch_size == "auto" else p.batch_size
     for side in (0, 1):
         torch.manual_seed(seed + side)
         fit, score = np.where(half == side)[0], np.where(half != side)[0]
         model = create_model(p, num_classes, array.shape[3]).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        optimizer = timm.optim.create_optimizer_v2(model, p.optimizer, lr=p.lr, weight_decay=p.weight_decay, momentum=p.momentum)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         model.train()
         for _ in range(p.curriculum_probe_epochs):
             order = rng.permutation(fit)
-            for start in range(0, len(order), p.batch_size):
-                batch = np.sort(order[start : start + p.batch_size])
+            for start in range(0, len(order), batch_size):
+                batch = np.sort(order[start : start + batch_size])
                 x = to_input(torch.from_numpy(np.asarray(array[rows[batch]])).permute(0, 3, 1, 2), norm, device)
-                loss = torch.nn.functional.cross_entropy(model(x), torch.as_tensor(targets[batch], device=device))
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss = torch.nn.functional.cross_entropy(model(x).float(), torch.as_tensor(targets[batch], device=device))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
         model.eval()
         with torch.no_grad():
             for start in range(0, len(score), p.eval_batch_size):
                 batch = score[start : start + p.eval_batch_size]
                 x = to_input(torch.from_numpy(np.asarray(array[rows[batch]])).permute(0, 3, 1, 2), norm, device)
                 y = torch.as_tensor(targets[batch], device=device)
-                difficulty[batch] = torch.nn.functional.cross_entropy(model(x).float(), y, reduction="none").cpu().numpy()
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = model(x).float()
+                difficulty[batch] = torch.nn.functional.cross_entropy(logits, y, reduction="none").cpu().numpy()
     return difficulty
 
 

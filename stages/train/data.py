@@ -3,6 +3,8 @@ decided: class balance, curriculum pool; the DDP shard is cut from it), and the 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -69,6 +71,25 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.order)
+
+
+MAX_AUTO_WORKERS = 8  # beyond this, more loader processes rarely feed a GPU faster on cached uint8 images
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this job may use (SLURM/cgroups), not the machine's count
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def data_workers(workers: int | str) -> int:
+    """train.workers, with auto = the cores this process may use minus one for the training loop, at most
+    8; under torchrun the cores are shared by the processes of a node. An explicit number is kept."""
+    if workers != "auto":
+        return int(workers)
+    per_process = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
 def loader(dataset, sampler: EpochSampler, batch_size: int, workers: int, pin: bool, drop_last: bool, seed: int):

@@ -26,9 +26,6 @@ import torch.nn.functional as F
 from pipeline.cache import read_probs
 from pipeline.errors import StageError
 
-NO_LABEL = -1  # hard target of a row taught only by the teacher (a test image)
-
-
 def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """Teacher probabilities at temperature T: softmax(log p / T)."""
     return (probs.clamp_min(1e-8).log() / temperature).softmax(-1)
@@ -56,28 +53,12 @@ def kl_weights(unlabelled, alpha: float):
 def combine(hard: torch.Tensor, student_logits: torch.Tensor, teacher_probs: torch.Tensor, kl_weight: torch.Tensor,
             temperature: float, alpha: float, multi_label: bool = False) -> torch.Tensor:
     """Per image: kl_weight * T^2 KL + (1 - alpha) * hard, `hard` being the image's hard-label loss (zero
-    for an image without a label). Train calls this on mixed soft targets; distill_loss on class indices."""
+    for an image without a label); train calls it on mixed soft targets, so mixup can mix them."""
     if multi_label and alpha < 1:
         # A tag target of zeros is a label (no tag) for BCE, not an absent one: weigh the hard term by
         # the labelled share of the (possibly mixed) row, (1 - kl_weight) / (1 - alpha), 0 for a test row.
         hard = hard * (1 - kl_weight) / (1 - alpha)
     return kl_weight * kl_per_sample(student_logits, teacher_probs, temperature, multi_label) + (1 - alpha) * hard
-
-
-def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, targets: torch.Tensor, temperature: float,
-                 alpha: float, weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Weighted mean over the batch of the per-image loss in the module docstring.
-
-    student_logits (B, K); teacher_probs (B, K); targets (B,) class indices, NO_LABEL for test rows.
-    (The train loop calls `combine` itself, on soft targets, so mixup can mix them.)
-    """
-    unlabelled = targets == NO_LABEL
-    hard = F.cross_entropy(student_logits.float(), targets.clamp_min(0), reduction="none", label_smoothing=label_smoothing)
-    per_image = combine(hard.masked_fill(unlabelled, 0.0), student_logits, teacher_probs, kl_weights(unlabelled, alpha), temperature, alpha)
-    if weights is None:
-        return per_image.mean()
-    weights = weights.to(per_image.dtype)
-    return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
 @dataclass

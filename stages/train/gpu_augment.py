@@ -17,7 +17,6 @@ on CPU (tests). Mixup/cutmix run after it, as in the CPU path.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -69,7 +68,10 @@ def geometry(x: torch.Tensor, r: dict, g: torch.Generator) -> torch.Tensor:
     aff = _chance(n, r["affine"], g, dev)
     pick = lambda lo, hi: torch.where(aff, _uniform(n, lo, hi, g, dev), zero)  # noqa: E731
     sx, sy = 1 + pick(-r["scale"], r["scale"]), 1 + pick(-r["scale"], r["scale"])
-    tx, ty = pick(-2 * r["shift"], 2 * r["shift"]), pick(-2 * r["shift"], 2 * r["shift"])
+    # albumentations turns the shift into whole pixels, truncating toward zero: so does this path
+    h, w = x.shape[2:]
+    tx = 2 * (pick(-r["shift"], r["shift"]) * w).trunc() / w
+    ty = 2 * (pick(-r["shift"], r["shift"]) * h).trunc() / h
     shx, shy = pick(-r["shear"], r["shear"]).deg2rad().tan(), pick(-r["shear"], r["shear"]).deg2rad().tan()
     angle = pick(-r["rotate"], r["rotate"]) + torch.where(_chance(n, r["rotation"], g, dev),
                                                          _uniform(n, -r["rotation_limit"], r["rotation_limit"], g, dev), zero)
@@ -120,24 +122,22 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
 
 
-YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-
-
-@lru_cache(maxsize=8)
-def _yiq(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """RGB->YIQ and back, on the device once (a per-batch torch.tensor would copy from the host)."""
-    return torch.tensor(YIQ, dtype=torch.float32, device=device), torch.tensor(np.linalg.inv(YIQ), dtype=torch.float32, device=device)
-
-
 def _hue(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
-    """Hue rotation by `turn` of the colour circle, as a rotation of the chroma plane in YIQ."""
-    to_yiq, from_yiq = _yiq(x.device)
-    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
-    a = turn * 2 * math.pi
-    cos, sin = a.cos()[:, None, None], a.sin()[:, None, None]
-    i, q = yiq[:, 1], yiq[:, 2]
-    yiq = torch.stack([yiq[:, 0], i * cos - q * sin, i * sin + q * cos], 1)
-    return torch.einsum("ij,bjhw->bihw", from_yiq, yiq)
+    """Hue shifted by `turn` of the colour circle in HSV (as albumentations does), x in 0..255."""
+    x = x / 255
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    v, low = x.max(1).values, x.min(1).values
+    d = v - low
+    s = torch.where(v > 0, d / v.clamp_min(1e-8), torch.zeros_like(v))
+    dd = d.clamp_min(1e-8)
+    h = torch.where(v == r, ((g - b) / dd) % 6, torch.where(v == g, (b - r) / dd + 2, (r - g) / dd + 4)) / 6
+    h = (torch.where(d > 0, h, torch.zeros_like(h)) + turn[:, None, None]) % 1
+
+    def channel(n: int) -> torch.Tensor:  # HSV -> RGB: f(n) = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6
+        k = (n + h * 6) % 6
+        return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
+
+    return torch.stack([channel(5), channel(3), channel(1)], 1) * 255
 
 
 def photometric(x: torch.Tensor, r: dict, g: torch.Generator) -> torch.Tensor:

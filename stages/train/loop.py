@@ -29,13 +29,13 @@ from timm.data import Mixup
 
 from pipeline import distributed as ddp
 from pipeline.artifacts import write_csv
-from pipeline.console import EpochResult, console, progress_bar, report_epoch
+from pipeline.console import EpochReporter, EpochResult, RunClock, console, report_epoch
 from pipeline.device import autocast_dtype
 from pipeline.errors import StageError
 from pipeline.params import Params
-from stages.train import checkpoint, curriculum, distill, losses, schedule
+from stages.train import checkpoint, curriculum, distill, losses, plots, schedule
 from stages.train.batch_size import scaled_lr
-from stages.train.data import CacheDataset, LoaderBatches, epoch_order, sampling_weights
+from stages.train.data import CacheDataset, LoaderBatches, data_workers, epoch_order, sampling_weights
 from stages.train.ema import Ema
 from stages.train.gpu_augment import DeviceBatches
 from stages.train.metrics import Scoring
@@ -126,7 +126,17 @@ class Progress:
     since_write: float = 0.0  # training seconds since then
 
 
-def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, device: torch.device, path: str) -> np.ndarray:
+def tensorboard_scalars(enabled: bool, fold_dir: Path):
+    """The fold's TensorBoard writer (rank 0 only), or None; train.tensorboard was checked before any work."""
+    if not enabled or not ddp.is_main():
+        return None
+    from stages.train.tensorboard import Scalars
+
+    return Scalars(fold_dir / "tensorboard")
+
+
+def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, device: torch.device, path: str,
+               clock: RunClock | None = None) -> np.ndarray:
     """Train one fold on the `path` ("device" or "loader") chosen for the run; returns the best
     checkpoint's validation probabilities (OOF rows)."""
     p = params.train
@@ -134,14 +144,16 @@ def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
     progress = resume(fold, params)
     if p.curriculum and progress.start_epoch < p.epochs:
         fold.difficulty = rank_difficulty(fold, data, params, device)
-    with progress_bar() as bar:
-        task = bar.add_task(f"fold {fold_index}", total=p.epochs, completed=progress.start_epoch, info="")
+    if clock is not None:
+        clock.skip(progress.start_epoch)  # epochs a resumed fold already trained are not in the run's ETA
+    with EpochReporter(f"fold {fold_index}", p.epochs, progress.start_epoch, clock, tensorboard_scalars(p.tensorboard, fold.dir)) as report:
         for epoch in range(progress.start_epoch, p.epochs):
             if p.patience and progress.stale >= p.patience:
                 console.print(f"fold {fold_index}: early stop, no improvement in {p.patience} epochs")
+                report.stopped_early(epoch)
                 break
             t0 = time.perf_counter()
-            train_loss, images_per_s, frozen, fraction = train_one_epoch(fold, params, epoch, progress, bar, task)
+            train_loss, images_per_s, frozen, fraction = train_one_epoch(fold, params, epoch, progress, report)
             probs = evaluate(fold, p.eval_batch_size)
             scores = fold.scoring.scores(fold.val_labels, probs)
             metric = fold.scoring.metric
@@ -150,7 +162,7 @@ def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
                                      "seconds": time.perf_counter() - t0, "images_per_s": images_per_s, "pool": fraction, "frozen": frozen})
             save(fold, params, progress, epoch, probs, scores[metric], time.perf_counter() - t0)
             report_epoch(EpochResult(fold_index, epoch, p.epochs, train_loss, scores["log_loss"], metric, scores[metric],
-                                     progress.best, images_per_s, time.perf_counter() - t0), bar, task)
+                                     progress.best, images_per_s, time.perf_counter() - t0, progress.history[-1]), report)
     if progress.history and progress.saved_after != progress.history[-1]["epoch"]:
         write_last(fold, params, progress, progress.history[-1]["epoch"])  # an early stop between checkpoints
     return progress.best_probs
@@ -176,7 +188,7 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
         source = DeviceBatches(data.pixels, part.rows, val_rows, data.gpu_recipe, data.norm, device)
     else:
         dataset = CacheDataset(data.pixels, part.rows, part.labels, data.transform)
-        source = LoaderBatches(dataset, batch_size, p.workers, drop_last, seed, data.norm, device, data.pixels, val_rows)
+        source = LoaderBatches(dataset, batch_size, data_workers(p.workers), drop_last, seed, data.norm, device, data.pixels, val_rows)
     model = create_model(p, len(data.classes), data.pixels.shape[3]).to(device)
     if p.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -188,7 +200,7 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
     class_weight = losses.class_weights(part.targets if multi_label else part.labels, len(data.classes), p.class_weights)
     warmup = int(p.warmup_epochs * steps_per_epoch)
     if ddp.is_main():
-        schedule.plot(fold_dir / "lr_schedule.png", p.epochs * steps_per_epoch, warmup, lr, p, steps_per_epoch)
+        plots.lr_schedule(fold_dir / "lr_schedule.png", p.epochs * steps_per_epoch, warmup, lr, p, steps_per_epoch)
     meta = {"model": p.model, "classes": data.classes, "task": data.task.kind, "in_chans": int(data.pixels.shape[3]), "norm": data.norm,
             "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold_index}
     val_truth = data.rows.targets[val_idx].round().astype(int) if multi_label else data.rows.labels[val_idx]
@@ -258,7 +270,7 @@ def epoch_batches(fold: Fold, p, epoch: int):
     return share, fold.source.epoch(share.order, seed), fraction
 
 
-def train_one_epoch(fold: Fold, params: Params, epoch: int, progress: Progress, bar, task) -> tuple[float, float, str, float]:
+def train_one_epoch(fold: Fold, params: Params, epoch: int, progress: Progress, report: EpochReporter) -> tuple[float, float, str, float]:
     """One pass over the epoch's batches -> (mean train loss, images/s, freezing state, pool fraction).
     The loss stays on the device; it is read (and checked finite) every log_every steps and at the end."""
     p = params.train
@@ -275,8 +287,8 @@ def train_one_epoch(fold: Fold, params: Params, epoch: int, progress: Progress, 
             optimiser_step(fold, p, progress)
         meter.add(loss, len(x))
         if (i + 1) % p.log_every == 0:
-            meter.check(progress.step, bar, task)
-    meter.check(progress.step, bar, task)
+            meter.check(progress.step, report)
+    meter.check(progress.step, report)
     train_loss, images_per_s = meter.finish()
     return train_loss, images_per_s, frozen, fraction
 
@@ -333,13 +345,13 @@ class LossMeter:
         self.total += loss.detach() * n
         self.seen += n
 
-    def check(self, step: int, bar, task) -> None:
+    def check(self, step: int, report: EpochReporter) -> None:
         """Read the running loss; stop every rank together when it is not finite."""
         self.value = self.total.item()
         if ddp.any_rank(not np.isfinite(self.value)):
             raise StageError(f"fold {self.fold.index}: loss is {self.value} at epoch {self.epoch}, by step {step}; stopped, "
                              f"last good checkpoint kept in {self.fold.dir / 'last.pt'} (lower train.lr or set train.grad_clip)")
-        bar.update(task, info=f"loss {self.value / max(1, self.seen):.3f}  {self.seen / (time.perf_counter() - self.t0):.0f} img/s")
+        report.batch(f"loss {self.value / max(1, self.seen):.3f}  {self.seen / (time.perf_counter() - self.t0):.0f} img/s")
 
     def finish(self) -> tuple[float, float]:
         seconds = time.perf_counter() - self.t0
@@ -349,7 +361,7 @@ class LossMeter:
 
 @torch.no_grad()
 def evaluate(fold: Fold, batch_size: int) -> np.ndarray:
-    """Probabilities (softmax, or sigmoid per tag) of the EMA (or the model) on the fold's validation rows, in row order, from the data
+    """Softmax of the EMA (or the model) on the fold's validation rows, in row order, from the data
     path's own copy (on the device for the device path); one host copy at the end."""
     model = fold.ema.module if fold.ema is not None else fold.model
     ddp.sync_buffers(model)

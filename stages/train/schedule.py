@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from pipeline.artifacts import atomic_path  # noqa: E402
-from pipeline.params import TrainParams  # noqa: E402
+from pipeline.params import TrainParams
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, p: TrainParams, steps_per_epoch: int) -> float:
@@ -27,14 +21,3 @@ def lr_at(step: int, total: int, warmup: int, lr: float, p: TrainParams, steps_p
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     floor = lr * p.min_lr
     return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def plot(path, total: int, warmup: int, lr: float, p: TrainParams, steps_per_epoch: int) -> None:
-    steps = list(range(total))
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot([s / steps_per_epoch for s in steps], [lr_at(s, total, warmup, lr, p, steps_per_epoch) for s in steps])
-    ax.set_xlabel("epoch"), ax.set_ylabel("lr"), ax.set_title(f"{p.warmup} warmup, {p.schedule}")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
