@@ -215,7 +215,7 @@ def test_ordinal_qwk_competition_end_to_end(tmp_path):
     grades = ["none", "mild", "moderate", "severe"]
     data = make_single(tmp_path / "aptos", grades, 32, 6, "none", label_column="diagnosis")
     art = run_competition(tmp_path, data, "-S", "train.metric=qwk", "-S", f"data.class_order={json.dumps(grades)}", "-S", "train.epochs=2")
-    assert json.loads((art / "preprocess" / "classes.json").read_text()) == grades
+    assert json.loads((art / "preprocess" / "train" / "classes.json").read_text()) == grades
     for fold in (0, 1):
         history = pd.read_csv(art / "train" / f"fold{fold}" / "metrics.csv")
         best = torch.load(art / "train" / f"fold{fold}" / "best.pt", map_location="cpu", weights_only=False)
