@@ -230,3 +230,17 @@ def test_top_3_competition_end_to_end(tmp_path):
     sub = pd.read_csv(art / "predict" / "submission.csv", dtype=str)
     assert all(len(set(cell.split(" "))) == 3 and set(cell.split(" ")) <= set("abcdef") for cell in sub.label)
     assert json.loads((art / "train" / "cv.json").read_text())["metric"] == "map@3"
+
+
+def test_multi_label_distillation_teaches_test_rows_by_the_teacher_alone():
+    from stages.train.distill import combine, kl_per_sample
+
+    logits = torch.tensor([[1.0, -2.0, 0.5], [1.0, -2.0, 0.5]])
+    teacher = torch.tensor([[0.7, 0.1, 0.6], [0.7, 0.1, 0.6]])
+    hard = multi_label_loss(logits, torch.zeros(2, 3))  # a test row's all-zero target is no label, not "no tags"
+    kl_weight = torch.tensor([0.7, 1.0])  # a labelled row (alpha) and a test row
+    loss = combine(hard, logits, teacher, kl_weight, temperature=2.0, alpha=0.7, multi_label=True)
+    kl = kl_per_sample(logits, teacher, 2.0, multi_label=True)
+    assert torch.allclose(loss[1], kl[1]) and torch.allclose(loss[0], 0.7 * kl[0] + 0.3 * hard[0])
+    same = torch.logit(teacher[:1])  # a student that equals the teacher has zero KL
+    assert kl_per_sample(same, teacher[:1], 2.0, multi_label=True).abs().item() < 1e-5
