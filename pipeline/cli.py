@@ -131,7 +131,8 @@ def init(
 
     report = _guard(lambda: write_params(data_root, params, force))
     summary("init", report)
-    results.print(f"next: [bold]pipeline run[/] (or `pipeline status`) in {params.parent.resolve()}", soft_wrap=True)
+    flag = "" if params == Path("params.yaml") else f" -p {params}"
+    results.print(f"next: pipeline run{flag} (or pipeline status{flag})", soft_wrap=True, markup=False)
 
 
 @app.command()
