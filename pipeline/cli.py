@@ -9,9 +9,10 @@ import typer
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.console import console, is_main_process, results, summary
+from pipeline.console import console, is_main_process, print_wide, results, summary
 from pipeline.errors import ParamsError, PipelineError
-from pipeline.params import Params, load_params
+from pipeline.finetune import load_finetuned
+from pipeline.params import Params
 from pipeline.newtest import predict_new_test
 from pipeline.rounds import final_predict_dir, round_report
 from pipeline.runner import BY_NAME, run_all, run_stage, statuses
@@ -35,11 +36,13 @@ def _fail(message: str, code: int) -> None:
 
 def _load(params_path: Path, workdir: str | None, overrides: list[str] | None) -> tuple[Params, Path]:
     try:
-        params, applied = load_params(params_path, overrides or [], workdir)
+        params, applied, finetuned = load_finetuned(params_path, overrides or [], workdir)
     except ParamsError as exc:
         _fail(str(exc), 2)
     if applied:
         console.print(f"[cyan]example overrides (data.root is {params.data.root}):[/] " + ", ".join(applied), soft_wrap=True)
+    if finetuned:  # the finetune preset, when pretrained weights load
+        console.print(f"[cyan]{escape(finetuned)}[/]", soft_wrap=True)
     return params, Path(params.workdir)
 
 
@@ -61,10 +64,10 @@ def _stage_command(name: str, doc: str):
     return command
 
 
-app.command("preprocess")(_stage_command("preprocess", "Decode, denoise, crop and resize every image once into a cache."))
-app.command("dedup")(_stage_command("dedup", "Find exact and near-duplicate images, cluster them, weight them, report leaks."))
-app.command("augment")(_stage_command("augment", "Build the augmentation pipeline from params and preview it."))
-app.command("pseudo")(_stage_command("pseudo", "Turn confident test predictions into extra training rows."))
+app.command("preprocess")(_stage_command("preprocess", "Decode, denoise, crop and resize every image once into a cache.\n\nExample: pipeline preprocess -S preprocess.size=128"))
+app.command("dedup")(_stage_command("dedup", "Find exact and near-duplicate images, cluster them, weight them, report leaks.\n\nExample: pipeline dedup -S dedup.threshold=0.998"))
+app.command("augment")(_stage_command("augment", "Build the augmentation pipeline from params and preview it.\n\nExample: pipeline augment -S augment.hflip=0"))
+app.command("pseudo")(_stage_command("pseudo", "Turn confident test predictions into extra training rows.\n\nExample: pipeline pseudo -S pseudo.threshold=0.95"))
 
 
 @app.command()
@@ -74,7 +77,10 @@ def train(
     set_: SetOpt = None,
     fold: Annotated[Optional[int], typer.Option("--fold", help="train only fold K (one job per GPU or node)")] = None,
 ) -> None:
-    """K-fold training of a timm model; resumes a killed run from its last checkpoint."""
+    """K-fold training of a timm model; resumes a killed run from its last checkpoint.
+
+    Example: pipeline train --fold 0 -S train.epochs=30
+    """
     overrides = list(set_ or []) + ([f"train.fold={fold}"] if fold is not None else [])
     p, wd = _load(params, workdir, overrides)
     _guard(lambda: run_stage(BY_NAME["train"], p, wd))
@@ -99,7 +105,7 @@ def predict(
         _guard(lambda: run_stage(BY_NAME["predict"], p, wd))
         return
     _guard(lambda: predict_new_test(p, wd, data, out))
-    console.print(f"[bold green]done[/]: submission: {out / 'predict' / 'submission.csv'}")
+    results.print(f"[bold green]done[/]: submission: {out / 'predict' / 'submission.csv'}")
 
 
 @app.command()
@@ -109,7 +115,10 @@ def run(
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="rerun every stage, fresh or not")] = False,
 ) -> None:
-    """Run every stage in order (with params.rounds pseudo-label rounds), skipping the fresh ones."""
+    """Run every stage in order (with params.rounds pseudo-label rounds), skipping the fresh ones.
+
+    Example: pipeline run -w runs/convnext -S train.model=convnext_tiny
+    """
     p, wd = _load(params, workdir, set_)
     ran = _guard(lambda: run_all(p, wd, force=force))
     if p.rounds:
@@ -137,11 +146,36 @@ def init(
 
 @app.command()
 def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, set_: SetOpt = None) -> None:
-    """Say which stages are fresh, stale or missing, and why."""
+    """Say which stages are fresh, stale or missing, and why.
+
+    Example: pipeline status -S train.epochs=8
+    """
     p, wd = _load(params, workdir, set_)
     rows = _guard(lambda: statuses(p, wd))
     for name, state, why in rows:
         typer.echo(f"{name:<15} {state:<8} {why}")
+
+
+@app.command()
+def weights(
+    models: Annotated[Optional[list[str]], typer.Argument(help="timm model names, with or without a pretrained tag")] = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="folder to write DIR/<model>/ into (attach it as a Kaggle dataset)")] = None,
+    list_: Annotated[Optional[str], typer.Option("--list", help="list timm models with pretrained weights matching PATTERN, e.g. 'convnext*'")] = None,
+) -> None:
+    """Copy (from the Hugging Face cache) or download models' weights into DIR/<model> for offline training.
+
+    Example: pipeline weights convnext_tiny.fb_in22k resnet26d --to kaggle-weights
+    """
+    from pipeline.weights_export import export_weights, list_weights
+
+    if list_ is not None:
+        for line in _guard(lambda: list_weights(list_)):
+            typer.echo(line)
+        return
+    if not models or to is None:
+        _fail("pipeline weights: give MODEL [MODEL...] --to DIR, or --list PATTERN", 2)
+    for line in _guard(lambda: export_weights(models, to)):
+        results.print(line, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -166,9 +200,6 @@ def compare(
 
 
 def _print_table(rows: list[dict]) -> None:
-    """Aligned columns, never folded: a log or a pipe gets the full width the table needs."""
-    from rich.console import Console
-    from rich.measure import Measurement
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -176,8 +207,7 @@ def _print_table(rows: list[dict]) -> None:
         table.add_column(str(column), justify="left" if column == "run" else "right", no_wrap=True)
     for row in rows:
         table.add_row(*(escape(str(v)) for v in row.values()))
-    needed = Measurement.get(results, results.options.update_width(10_000), table).maximum
-    Console(highlight=False, width=max(results.width, needed)).print(table)  # Console.print can only narrow
+    print_wide(table)
 
 
 def _version(value: bool) -> None:

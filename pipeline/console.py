@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -170,11 +171,21 @@ def summary(title: str, rows: dict[str, Any]) -> None:
     a dict one `k v, k v` line, a list one comma-separated line (never a Python repr)."""
     results.print(f"[bold green]{title}")
     table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(no_wrap=True)
     for key, value in rows.items():
         table.add_row(str(key), _render(value))
-    results.print(table)
+    print_wide(table)
+
+
+def print_wide(renderable) -> None:
+    """Print on stdout at the width the renderable needs, never folded: a log or a pipe keeps each row
+    on one line (rich would otherwise wrap at 80 columns when stdout is not a terminal)."""
+    needed = Measurement.get(results, results.options.update_width(10_000), renderable).maximum
+    if needed <= results.width:
+        results.print(renderable)
+    else:  # Console.print can only narrow, so a wider console for this one renderable
+        Console(highlight=False, width=needed, force_terminal=results.is_terminal).print(renderable)
 
 
 def _render(value: Any):
@@ -193,6 +204,8 @@ def _render(value: Any):
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, Path):

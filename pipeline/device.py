@@ -22,11 +22,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-def normalisation(array: np.ndarray, kind: str, seed: int, sample: int) -> dict:
-    """Per-channel mean/std on the 0..1 scale: the training cache's (from a seeded sample) or ImageNet's."""
+def normalisation(array: np.ndarray, kind: str, seed: int, sample: int, pretrained: dict | None = None) -> dict:
+    """Per-channel mean/std on the 0..1 scale: the training cache's (from a seeded sample), ImageNet's, or the
+    pretrained weights' own (`pretrained`); a gray cache takes the channels' average."""
     channels = array.shape[3]
-    if kind == "imagenet":
-        return {k: (v if channels == 3 else [float(np.mean(v))] * channels) for k, v in IMAGENET.items()}
+    if kind in ("imagenet", "pretrained"):
+        given = IMAGENET if kind == "imagenet" or pretrained is None else pretrained
+        return {k: (list(v) if len(v) == channels else [float(np.mean(v))] * channels) for k, v in given.items()}
     rows = np.sort(np.random.default_rng(seed).choice(len(array), min(sample, len(array)), replace=False))
     pixels = np.asarray(array[rows], dtype=np.float64).reshape(-1, channels) / 255.0
     return {"mean": pixels.mean(0).tolist(), "std": np.maximum(pixels.std(0), 1e-3).tolist()}

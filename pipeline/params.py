@@ -71,10 +71,9 @@ class PreprocessParams(Section):
 
 
 class DedupParams(Section):
-    threshold: float = Field(ge=0.0, le=1.0)  # shift-tolerant correlation above which two images are duplicates
+    threshold: Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]  # copy score (verify.py) above which two images are duplicates
     policy: Literal["weight", "representative"]
-    radius: int = Field(ge=0, le=32)  # Hamming radius of the 64-bit hash that makes a candidate pair
-    window: int = Field(ge=1, le=1024)  # neighbours compared in each sorted hash order (bounds crowded buckets)
+    neighbours: int = Field(ge=0, le=256)  # candidate pairs per image: nearest neighbours by the embedding
     max_shift: int = Field(ge=0, le=8)  # shifts (thumbnail pixels) tried when verifying a candidate
     min_std: float = Field(ge=0.0)  # thumbnails flatter than this (0..255 gray) are never near-duplicates
     sheet_clusters: int = Field(ge=0, le=100)  # clusters drawn on each contact sheet
@@ -115,10 +114,11 @@ class AugmentParams(Section):
 class TrainParams(Section):
     # Model.
     model: str  # any timm model name
-    pretrained: str | None  # local weights file (.safetensors or torch checkpoint); no hub downloads
+    pretrained: bool | str | None  # null/false: scratch; true: timm's weights (HF cache, download online); auto; a local file/folder
+    pretrained_min_fit: float = Field(gt=0.0, le=1.0)  # weights must fill at least this share of the model's tensors
     drop_rate: float = Field(ge=0.0, lt=1.0)  # dropout before the classifier
     drop_path: float = Field(ge=0.0, lt=1.0)  # stochastic depth
-    norm: Literal["dataset", "imagenet"]  # input normalisation: the training cache's mean/std, or ImageNet's
+    norm: Literal["dataset", "imagenet", "pretrained"]  # the cache's mean/std, ImageNet's, or the loaded weights' own
     norm_sample: int = Field(ge=1)  # norm: dataset: images sampled (seeded) for the mean/std
     # Folds.
     folds: int = Field(ge=2, le=50)
@@ -173,6 +173,7 @@ class TrainParams(Section):
     freeze_epochs: int = Field(ge=0)  # train only the head for the first N epochs
     unfreeze: Literal["all", "gradual"]  # after that: everything at once, or one layer group per epoch from the top
     backbone_lr: float = Field(gt=0.0, le=1.0)  # backbone lr as a fraction of the head's
+    layer_decay: float | None = Field(gt=0.0, le=1.0)  # lr x this per layer group below the head (timm's layer_decay); None: off
     late_freeze_at: float | None = Field(gt=0.0, lt=1.0)  # fraction of training after which early layers freeze
     late_freeze_groups: int = Field(ge=0)  # how many layer groups (from the stem) late freezing freezes
     # Speed.
@@ -233,7 +234,8 @@ class PredictParams(Section):
     tta_oof_images: int = Field(ge=0)  # validation images used to measure TTA (0: all of them)
     runs: list[str]  # extra train output folders (other models) to ensemble with this workdir's train/
     weights: Literal["equal", "oof"]  # run weights: equal, or fitted on the runs' common OOF rows
-    leak_label: bool  # a test image clustered with labelled train images takes their label
+    leak_label: bool  # a test image clustered with labelled train images is pulled toward their label
+    leak_weight: float = Field(ge=0.0, le=1.0)  # blend weight toward the train labels (1 only for pixel-identical leaks)
     consistent_clusters: bool  # test images of one duplicate cluster get one (mean) prediction
     batch_size: int = Field(ge=1)  # images x views per forward pass
     device: Literal["auto", "cpu", "cuda"]
@@ -288,11 +290,20 @@ class Params(Section):
     pseudo: PseudoParams
     rounds: int = Field(ge=0, le=10)  # pseudo-label rounds after the first train -> predict
     distill: DistillParams
+    finetune: dict[str, Any]  # dotted-key train overrides applied when pretrained weights load (unless set with -S)
     example: dict[str, Any]  # dotted-key overrides applied only to the built-in example
 
     @property
     def is_example(self) -> bool:
         return self.data.root == EXAMPLE_ROOT
+
+    @field_validator("finetune")
+    @classmethod
+    def _train_keys(cls, value):
+        wrong = [k for k in value if not k.startswith("train.")]
+        if wrong:
+            raise ValueError(f"finetune overrides train keys only (train.lr, ...), got {', '.join(wrong)}")
+        return value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -378,7 +389,8 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
 
 def load_params(path: Path, overrides: list[str] = (), workdir: str | None = None) -> tuple[Params, list[str]]:
     """Load, apply example and command-line overrides, validate. Returns the params and the list of
-    example overrides applied (to print), so that nothing is shrunk silently."""
+    example overrides applied (to print), so that nothing is shrunk silently. The finetune preset is
+    applied on top by pipeline.finetune.load_finetuned (what the CLI calls), once the weights are known."""
     raw = load_raw(Path(path))
     user = [parse_override(o) for o in overrides]
     if workdir is not None:

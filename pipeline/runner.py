@@ -132,7 +132,35 @@ def split_dep(dep: str) -> tuple[str, str | None]:
     return name, side or None
 
 
-def _dep_fingerprint(stage: Stage, params: Params, workdir: Path, dep: str) -> str | None:
+WEIGHTS = "weights"  # train's pretrained weights, by identity: new weights make train stale
+
+
+def weights_identity(params: Params, fetch: bool) -> str:
+    """The identity of the weights train loads (pipeline.weights): hub repo@revision:blob, sha256 of a local
+    file, or scratch. Running train may download them (fetch); status only looks, and says when they are gone."""
+    from pipeline.errors import CheckError
+    from pipeline.weights import resolve_weights
+
+    try:
+        return resolve_weights(params.train, fetch=fetch).identity
+    except CheckError as exc:
+        if fetch:
+            raise
+        return f"unavailable: {exc}"
+
+
+def check_weights(params: Params) -> None:
+    """Weights that cannot be had (true offline and not cached, a missing path) or that are for another model
+    stop a run before preprocess."""
+    from pipeline.weights import check_pretrained
+
+    if params.train.pretrained not in (None, False):
+        check_pretrained(params.train)
+
+
+def _dep_fingerprint(stage: Stage, params: Params, workdir: Path, dep: str, fetch: bool = False) -> str | None:
+    if dep == WEIGHTS:
+        return weights_identity(params, fetch)
     name, side = split_dep(dep)
     if name == "data":  # one side of the competition folder, by names relative to its root
         root = data_root(params)
@@ -162,6 +190,8 @@ def _deps(stage: Stage, params: Params) -> tuple[str, ...]:
         deps = stage.deps
         if _reads_test_rows(stage, params):  # both sides of the cache and the clusters
             deps = tuple(split_dep(d)[0] for d in deps)
+        if params.train.pretrained not in (None, False):  # the pretrained weights, by identity
+            deps += (WEIGHTS,)
         if params.distill.teacher:  # so does a teacher's new prediction
             deps += (EXTERNAL + str(Path(params.distill.teacher) / "predict"),)
         return deps
@@ -183,7 +213,7 @@ def _train_side_deps(deps: tuple[str, ...]) -> tuple[str, ...]:
 HOW_NOT_WHAT = {
     "data": ("root",),
     "preprocess": ("workers",),
-    "train": ("fold", "workers", "device", "eval_batch_size", "dist_timeout", "log_every"),
+    "train": ("fold", "workers", "device", "eval_batch_size", "dist_timeout", "log_every", "checkpoint_every"),
     "predict": ("batch_size", "device"),
 }
 
@@ -398,7 +428,7 @@ def _inputs(params: Params, workdir: Path, all_deps: tuple[str, ...]) -> tuple[d
     competition folder is "data"), and the roles of which it may read the train side alone."""
     inputs, train_only = {}, set()
     for dep in all_deps:
-        if dep.startswith(EXTERNAL):
+        if dep.startswith(EXTERNAL) or dep == WEIGHTS:  # outside the workdir: fingerprinted, not read as a folder
             continue
         name, side = split_dep(dep)
         role = name.rsplit("/", 1)[-1]
@@ -424,7 +454,7 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, 
             return {}
         console.print(f"{stage.name} is single-process: rank 0 runs it, the other {world.size - 1} processes exit")
     all_deps = _deps(stage, params)
-    deps = {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in all_deps}
+    deps = {dep: _dep_fingerprint(stage, params, workdir, dep, fetch=True) for dep in all_deps}  # fetch: may download weights
     code = code_hashes(stage.kind)
     key = hash_data({"params": _params_of(stage, params), "deps": deps, "code": code})
     carry, side = _train_side_plan(stage, params, workdir, deps, code, force, frozen)
@@ -460,6 +490,16 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, 
     return result
 
 
+def _fold_runs(out: Path) -> dict[str, dict]:
+    """How each finished fold ran, from its fold.json (train: the data path and the batch size chosen
+    once per run), so the lock says which engine produced the results."""
+    runs = {}
+    for fold in finished_folds(out):
+        record = read_json(out / f"fold{fold}" / "fold.json") if (out / f"fold{fold}" / "fold.json").is_file() else {}
+        runs[str(fold)] = {k: v for k, v in record.items() if k not in ("fold", "key")}
+    return runs
+
+
 def _write_lock(out: Path, stage: Stage, params: Params, deps: dict, code: dict, outs: dict, side: dict | None, started: str, t0: float) -> None:
     write_json(
         out / LOCK,
@@ -472,7 +512,7 @@ def _write_lock(out: Path, stage: Stage, params: Params, deps: dict, code: dict,
             "outs": outs,
             "outs_hash": hash_data({rel: rec["hash"] for rel, rec in outs.items()}),
             **({"sides": {TRAIN_SIDE: side}} if side is not None else {}),
-            **({"folds": finished_folds(out)} if stage.per_fold else {}),
+            **({"folds": finished_folds(out), "fold_runs": _fold_runs(out)} if stage.per_fold else {}),
             "version": __version__,
             "started": started,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -486,6 +526,7 @@ def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
     if distributed.from_env().size > 1:
         raise StageError("`pipeline run` is single-process: under torchrun launch `pipeline train`, then run "
                          "`pipeline run` or `pipeline predict` without torchrun (docs/distributed.md)")
+    check_weights(params)
     ran = []
     for stage in stages_for(params):
         # Upstream stages already ran, so their new locks decide (an identical output reruns nothing).

@@ -13,6 +13,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_hub(tmp_path_factory, monkeypatch):
+    """No test reaches the Hugging Face hub or the user's cache: an empty cache, offline. With the shipped
+    train.pretrained: auto, training then starts from scratch, as on an offline CI machine."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home-empty"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture
 def params_file(tmp_path: Path) -> Path:
     """A copy of the shipped params.yaml, with the workdir inside the test's temp dir."""

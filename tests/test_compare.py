@@ -14,8 +14,8 @@ def fake_run(workdir, model, lr, accuracy, seed=0):
     right on `accuracy` of 200 images."""
     rng = np.random.default_rng(seed)
     (workdir / "train").mkdir(parents=True)
-    (workdir / "preprocess").mkdir()
-    (workdir / "preprocess" / "classes.json").write_text(json.dumps(["a", "b"]))
+    (workdir / "preprocess" / "train").mkdir(parents=True)
+    (workdir / "preprocess" / "train" / "classes.json").write_text(json.dumps(["a", "b"]))
     labels = np.arange(200) % 2
     right = rng.random(200) < accuracy
     p_true = np.where(right, rng.uniform(0.55, 0.95, 200), rng.uniform(0.05, 0.45, 200))

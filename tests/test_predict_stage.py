@@ -72,6 +72,7 @@ def test_missing_fold_is_reported_and_the_rest_predicts(trained, tmp_path):  # n
     members, missing = find_members([workdir / "train"])
     assert [m.fold for m in members] == [0] and missing == [f"{workdir / 'train'}/fold1"]
     result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
+    result = json.loads((workdir / "predict" / "summary.json").read_text())  # every number (the printed summary is shorter)
     assert result["members"] == 1 and result["missing folds"] == missing
 
 
@@ -99,6 +100,7 @@ def test_extra_runs_with_oof_weights(trained, tmp_path):  # noqa: F811
     for name in ("preprocess", "dedup", "train"):
         shutil.copytree(trained / name, workdir / name)
     result = run_stage(BY_NAME["predict"], tiny_params(workdir, f"predict.runs=[{other}]", "predict.weights=oof"), workdir)
+    result = json.loads((workdir / "predict" / "summary.json").read_text())  # every number (the printed summary is shorter)
     assert result["members"] == 4 and result["runs"] == 2
     assert result[f"weight {workdir / 'train'}"] > 0.9 > result[f"weight {other}"]
     # the extra run is an input: retraining it makes predict stale
@@ -111,9 +113,9 @@ def test_extra_runs_with_oof_weights(trained, tmp_path):  # noqa: F811
 def test_extra_run_on_another_cache_is_refused_by_name(trained, tmp_path):  # noqa: F811
     other = tmp_path / "other"
     shutil.copytree(trained / "train", other / "train")
-    report = json.loads((trained / "preprocess" / "report.json").read_text())
-    (other / "preprocess").mkdir()
-    (other / "preprocess" / "report.json").write_text(json.dumps({**report, "size": [48, 48], "channels": "rgb"}))
+    report = json.loads((trained / "preprocess" / "train" / "report.json").read_text())
+    (other / "preprocess" / "train").mkdir(parents=True)
+    (other / "preprocess" / "train" / "report.json").write_text(json.dumps({**report, "size": [48, 48], "channels": "rgb"}))
     workdir = tmp_path / "w"
     for name in ("preprocess", "dedup", "train"):
         shutil.copytree(trained / name, workdir / name)
@@ -153,6 +155,7 @@ def test_constructed_leak_is_corrected_in_the_submission(trained, tmp_path):  # 
     clusters.loc[clusters.id == test_id, "cluster"] = int(clusters.loc[clusters.id == donor.id, "cluster"].iloc[0])
     save_clusters(workdir / "dedup", clusters)
     result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
+    result = json.loads((workdir / "predict" / "summary.json").read_text())  # every number (the printed summary is shorter)
     after = pd.read_csv(workdir / "predict" / "submission.csv", dtype=str).set_index("id").label
     assert after[test_id] == donor.label
     assert (after.drop(test_id) == before.drop(test_id)).all()
@@ -188,6 +191,7 @@ def test_unreadable_test_image_gets_the_train_prior(trained, tmp_path):  # noqa:
     sample = pd.concat([sample.iloc[:3], pd.DataFrame({"id": ["broken_file"], "label": ["0"]}), sample.iloc[3:]])
     sample.to_csv(sample_path, index=False)
     result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
+    result = json.loads((workdir / "predict" / "summary.json").read_text())  # every number (the printed summary is shorter)
     assert result["filled with prior (unreadable)"] == 1
     probs = pd.read_csv(workdir / "predict" / "probs.csv", dtype={"id": str}).set_index("id")
     assert probs.index.tolist() == sample.id.tolist()

@@ -1,6 +1,7 @@
 """Train on a tiny generated cache (CPU, seconds): OOF coverage, determinism, resume, NaN, CLI."""
 
 import json
+import re
 
 import albumentations as A
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from pipeline.cache import read_clusters, read_index
 from pipeline.params import load_params
-from pipeline.errors import StageError
+from pipeline.errors import CheckError, StageError
 from pipeline.runner import StagePaths
 import stages.train as train_stage
 from stages.augment import gpu_recipe
@@ -67,6 +68,8 @@ def test_oof_covers_every_train_id_once_and_is_deterministic(inputs, tmp_path):
     ckpt = torch.load(tmp_path / "a" / "fold0" / "best.pt", weights_only=False)
     for key in ("model", "classes", "in_chans", "norm", "params", "fold", "epoch", "metric", "state_dict", "ema_state_dict"):
         assert key in ckpt
+    record = json.loads((tmp_path / "a" / "fold0" / "fold.json").read_text())
+    assert record["data_path"] == "loader" and record["batch_size"] == 16  # decided once per run, recorded per fold
     cv = json.loads((tmp_path / "a" / "cv.json").read_text())
     assert set(cv["per_fold"]) == {"0", "1", "2"}
     for name in ("fold0/metrics.csv", "fold0/curves.png", "fold0/lr_schedule.png", "confusion.png"):
@@ -114,7 +117,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(inputs, t
 
 
 def test_missing_pretrained_file_is_a_clear_error(inputs, tmp_path):
-    with pytest.raises(StageError, match="train.pretrained: weights file .* not found"):
+    with pytest.raises(CheckError, match="train.pretrained = '/no/such.safetensors': no such file"):
         run(inputs, tmp_path / "p", ["train.fold=0", "train.pretrained=/no/such.safetensors"])
 
 
@@ -153,3 +156,14 @@ def test_a_finished_fold_is_kept_when_the_other_folds_train(inputs, tmp_path):
     assert (tmp_path / "fold1" / "best.pt").stat().st_mtime_ns == first  # not retrained
     assert summary["trained in this run"] == ["fold 0", "fold 2"] and summary["missing folds"] == "none"
     assert sorted(pd.read_csv(tmp_path / "oof.csv").fold.unique()) == [0, 1, 2]
+
+
+def test_a_batch_job_log_has_one_line_per_epoch_with_the_run_eta(inputs, tmp_path, capfd):
+    """Under pytest stderr is not a terminal, as under SLURM or nohup: no bar, one line per epoch."""
+    summary, _ = run(inputs, tmp_path, ["train.epochs=2"])
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if " epoch " in line and "eta run" in line]
+    assert [line.split()[:4] for line in lines] == [["fold", str(k), "epoch", f"{e}/2"] for k in range(3) for e in (1, 2)]
+    assert all(re.search(r"eta fold \d+:\d\d  eta run \d+:\d\d$", line) for line in lines)
+    assert not (tmp_path / ".partial").exists()  # every fold finished: no empty .partial/ left behind
+    assert (tmp_path / "top_losses.png").is_file() and list(summary)[0] == "cv accuracy"

@@ -33,7 +33,7 @@ from pipeline.device import autocast_dtype, resolve_device
 from pipeline.params import TTA_VIEWS, Params
 from pipeline.errors import StageError
 from stages.predict.compatible import check_runs
-from stages.predict.correction import correct
+from stages.predict.correction import correct, exact_leak_ids
 from pipeline.blend import fit_weights
 from stages.predict import scoring
 from stages.predict.scoring import Result, better, rank  # noqa: F401  (Result is part of this stage's API)
@@ -205,8 +205,9 @@ def run(params: Params, paths) -> dict:
     tta = pick_tta(ctx, paths.out)
     probs, ids = predict_test(ctx, tta.views)
     probs, ids, unread = fill_unread(ctx, paths["preprocess"], probs, ids)
+    exact = exact_leak_ids(read_json(paths["dedup"] / "report.json"))
     probs, changes = correct(probs, ids, read_clusters(paths["dedup"]), ctx.train_labels, ctx.classes, ctx.p.leak_label,
-                             ctx.p.consistent_clusters, ctx.task)
+                             ctx.p.consistent_clusters, ctx.p.leak_weight, exact, ctx.task)
     write_csv(paths.out / "corrections.csv", changes)
     probs, submission = write_outputs(ctx, paths, probs, ids)
     summary = summarize(ctx, paths, weights, oof, tta, submission, probs, unread, changes)
@@ -314,11 +315,39 @@ def summarize(ctx: Context, paths, weights: dict, oof: dict, tta: TtaChoice, sub
         "test images": len(submission),
         "filled with prior (unreadable)": len(unread),
         "train-test leaks (dedup report)": len(read_json(paths["dedup"] / "report.json").get("train_test_leaks", [])),
-        "corrected by leak label": int((changes.rule == "leak").sum()),
+        "corrected by leak label": int(changes.rule.str.startswith("leak").sum()),
+        "leak labels taken as they are (pixel-identical)": int((changes.rule == "leak (exact)").sum()),
+        "leak label blend weight (near duplicates)": ctx.p.leak_weight,
         "corrected by cluster consistency": int((changes.rule == "cluster").sum()),
         "predictions changed by correction": int((changes.before != changes.after).sum()),
         "mean confidence": float(probs.max(1).mean()),
         "predicted tags" if ctx.multi_label else "predicted classes": predicted.value_counts().head(10).to_dict(),
     }
     write_json(paths.out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
-    return summary
+    return human_summary(summary)
+
+
+def human_summary(summary: dict) -> dict:
+    """The one-screen version of summary.json: the ensemble's OOF score (the CV to quote) first, then how
+    TTA and the ensemble were chosen, then what happened to the test set; related numbers on one line."""
+    corrections = summary["corrected by leak label"] + summary["corrected by cluster consistency"]
+    weights = {k.removeprefix("weight "): v for k, v in summary.items() if k.startswith("weight ")}
+    return {
+        "oof accuracy (ensemble + TTA)": f"{summary['oof accuracy with TTA']:.4f} ({summary['oof TTA gain']:+.4f} from TTA, "
+                                         f"on {summary['oof images measured']} images)",
+        "oof log loss without/with TTA": summary["oof log loss without/with TTA"],
+        "tta": f"{summary['tta views']}, chosen by {summary['tta chosen by']}",
+        "members": f"{summary['members']} fold models from {summary['runs']} run(s)"
+                   + (f"; missing: {', '.join(summary['missing folds'])}" if summary["missing folds"] else ""),
+        **({"run weights (oof)": weights} if weights else {}),
+        "test images": f"{summary['test images']}" + (f" ({summary['filled with prior (unreadable)']} unreadable, given the train prior)"
+                                                      if summary["filled with prior (unreadable)"] else ""),
+        "corrections": f"{corrections} test images ({summary['corrected by leak label']} by leak label: "
+                       f"{summary['leak labels taken as they are (pixel-identical)']} pixel-identical taken as they are, the rest "
+                       f"blended with weight {summary['leak label blend weight (near duplicates)']}; "
+                       f"{summary['corrected by cluster consistency']} by cluster); {summary['predictions changed by correction']} "
+                       f"predictions changed (predict/corrections.csv)",
+        "mean confidence": summary["mean confidence"],
+        "predicted classes (top 10)": summary["predicted classes"],
+        "written": "submission.csv, probs.csv, summary.json (every number), predictions.png",
+    }

@@ -2,7 +2,8 @@
 made the same way. A model trained at 48 px and fed this workdir's 32 px cache still predicts, just
 badly, so the difference is refused by name instead of silently averaged in.
 
-What is compared is the preprocess report beside each run's train folder (run/../preprocess/report.json):
+What is compared is the train side's preprocess report beside each run's train folder
+(run/../preprocess/train/report.json):
 the cache size, its channels and the pixel recipe that preprocess decided (crop, median filter). Input
 normalisation is not a hazard here: each member normalises with the mean/std saved in its own checkpoint.
 """
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.artifacts import read_json
+from pipeline.cache import read_cache_report
 from pipeline.errors import CheckError
 
 COMPARED = ("size", "channels", "crop", "median_ksize")  # report.json keys that change the pixels a model sees
 
 
 def cache_recipe(preprocess: Path) -> dict:
-    report = read_json(preprocess / "report.json")
+    report = read_cache_report(preprocess)
     return {key: report[key] for key in COMPARED if key in report}
 
 
@@ -26,11 +27,11 @@ def check_runs(this_preprocess: Path, runs: list[Path]) -> None:
     """Refuse the first extra run whose cache differs from this workdir's, naming each difference."""
     ours = cache_recipe(this_preprocess)
     for run in runs:
-        report = run.parent / "preprocess" / "report.json"
+        report = run.parent / "preprocess" / "train" / "report.json"
         if not report.is_file():
             raise CheckError(f"predict.runs: {run} has no {report} beside it, so its cache size and channels cannot be "
                              "checked against this workdir's; give the train folder of a complete workdir")
-        theirs = cache_recipe(report.parent)
+        theirs = cache_recipe(run.parent / "preprocess")
         differences = [f"{key} {theirs[key]} (this workdir: {ours[key]})" for key in COMPARED
                        if key in ours and key in theirs and theirs[key] != ours[key]]
         if differences:

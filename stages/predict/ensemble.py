@@ -57,7 +57,8 @@ def read_meta(path: Path) -> dict:
 def load_model(path: Path, device: torch.device, channels_last: bool = False) -> tuple[torch.nn.Module, dict]:
     """A fold's model in eval mode; the EMA weights when the run kept them (they predict better)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = timm.create_model(ckpt["model"], pretrained=False, num_classes=len(ckpt["classes"]), in_chans=ckpt["in_chans"])
+    model = timm.create_model(ckpt["model"], pretrained=False, num_classes=len(ckpt["classes"]), in_chans=ckpt["in_chans"],
+                              **ckpt.get("model_kwargs", {}))  # img_size for fixed-size (ViT-like) models
     state = ckpt.get("ema_state_dict") or ckpt["state_dict"]
     # timm's ModelEma wrappers prefix the weights with "module."; the bare model does not.
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})

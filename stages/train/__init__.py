@@ -34,6 +34,7 @@ from pipeline.console import RunClock, console
 from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
+from pipeline.weights import Weights, resolve_weights, weights_norm
 from stages.train import tensorboard
 from stages.train.data import data_workers, usable_cores
 from stages.train.distill import load_teacher
@@ -44,17 +45,21 @@ from stages.train.rows import RowStack, Rows, TrainData, concat, extra_rows, row
 PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
 
-def check(params: Params) -> None:
-    """Refuse options this version does not implement, rather than ignoring them silently."""
+def check(params: Params) -> Weights:
+    """Refuse options this version does not implement, rather than ignoring them silently; find the
+    pretrained weights (downloading them when online), or stop before any work."""
     p = params.train
     if p.fold is not None and p.fold >= p.folds:
         raise StageError(f"train.fold = {p.fold}: expected 0..{p.folds - 1} (train.folds = {p.folds})")
     tensorboard.check(p.tensorboard)
+    return resolve_weights(p)
 
 
-def load_data(params: Params, paths) -> tuple[TrainData, pd.DataFrame]:
-    """Everything that may train (stages.train.rows), its pixels, and the labelled table for the OOF file."""
+def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[TrainData, pd.DataFrame]:
+    """Everything that may train (stages.train.rows), its pixels, the labelled table for the OOF file, and
+    how timm loads the weights (checked here, before any fold; resolved here when not given)."""
     p = params.train
+    weights = weights if weights is not None else resolve_weights(p)
     pre = paths["preprocess"]
     # Without pseudo or teacher-taught test rows train reads the train side alone (the runner says which).
     sides = paths.sides("preprocess")
@@ -94,11 +99,17 @@ def load_data(params: Params, paths) -> tuple[TrainData, pd.DataFrame]:
         sources["pseudo"] = pseudo.ids
     if params.distill.teacher:
         add_teacher(parts, sources, params, index, clusters, classes, test_offset)
+    from stages.train.model import weight_loading
+
     recipe = paths["augment"] / "gpu_augment.json"
+    shape = arrays["train"].shape
     data = TrainData(rows=concat(list(parts.values())), pixels=RowStack([arrays["train"], copies, arrays["test"]]), classes=classes,
                      transform=A.load(str(paths["augment"] / "transform.json"), data_format="json"),
                      gpu_recipe=read_json(recipe) if recipe.is_file() else None,
-                     norm=normalisation(arrays["train"], p.norm, params.seed, p.norm_sample),
+                     norm=normalisation(arrays["train"], p.norm, params.seed, p.norm_sample,
+                                        pretrained=weights_norm(weights, p.model) if p.norm == "pretrained" else None),
+                     weights={"kind": weights.kind, "identity": weights.identity, "source": weights.source, "note": weights.note},
+                     loading=weight_loading(p, weights, len(classes), shape[3], tuple(shape[1:3]), classes),
                      task=task, scoring=setup_scoring(p, task, targets if task.multi_label else None))
     return data, train
 
@@ -121,8 +132,10 @@ def add_teacher(parts: dict, sources: dict, params: Params, index, clusters, cla
 def run(params: Params, paths) -> dict:
     from stages.train.loop import train_fold
 
-    check(params)
-    data, train = load_data(params, paths)
+    weights = check(params)
+    if ddp.is_main():
+        console.print(f"train: {params.train.model} {weights.describe()}")
+    data, train = load_data(params, paths, weights)
     device = ddp.local_device(resolve_device(params.train.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = params.train.cudnn_benchmark
@@ -172,7 +185,7 @@ def resolve_batch_size(params: Params, data: TrainData, device: torch.device, wo
     from stages.train.model import create_model
 
     shape = (data.pixels.shape[3], *data.pixels.shape[1:3])
-    batch, why = auto_batch(lambda: create_model(p, len(data.classes), shape[0]), shape, len(data.classes), p, device, world_size)
+    batch, why = auto_batch(lambda: create_model(p, len(data.classes), shape[0], None, shape[1:]), shape, len(data.classes), p, device, world_size)
     batch = ddp.from_main(batch)
     console.print(f"train.batch_size = auto: {batch} ({why})")
     return params.model_copy(update={"train": p.model_copy(update={"batch_size": batch})})
@@ -213,7 +226,8 @@ def finish_fold(fold: int, probs: np.ndarray, data: TrainData, train: pd.DataFra
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
     plots.curves(pd.read_csv(partial / "metrics.csv"), data.scoring.metric, partial / "curves.png")
-    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), **how})  # how: data path, batch size
+    write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), **how,  # how: data path, batch size
+                                       "weights": data.weights})
     replace_dir(partial, paths.out / f"fold{fold}")
 
 

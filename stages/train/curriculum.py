@@ -55,9 +55,11 @@ def from_oof(path: str | None, ids: np.ndarray, targets: np.ndarray, classes: li
     return np.where(np.isnan(difficulty), np.nanmedian(difficulty) if known.any() else 0.5, difficulty)
 
 
-def probe(array, rows: np.ndarray, targets: np.ndarray, norm: dict, p: TrainParams, num_classes: int, device, seed: int) -> np.ndarray:
+def probe(array, rows: np.ndarray, targets: np.ndarray, norm: dict, p: TrainParams, num_classes: int, device, seed: int,
+          loading: dict | None = None) -> np.ndarray:
     """Loss of a short probe training, out of sample: train on one half for curriculum_probe_epochs,
-    score the other half, and swap. The probe trains as train does: train.optimizer, lr, weight_decay, amp."""
+    score the other half, and swap. The probe trains as train does: train.optimizer, lr, weight_decay, amp, and
+    from the run's pretrained weights (`loading`) when it has some."""
     import timm.optim
 
     from pipeline.device import autocast_dtype, to_input
@@ -71,7 +73,7 @@ def probe(array, rows: np.ndarray, targets: np.ndarray, norm: dict, p: TrainPara
     for side in (0, 1):
         torch.manual_seed(seed + side)
         fit, score = np.where(half == side)[0], np.where(half != side)[0]
-        model = create_model(p, num_classes, array.shape[3]).to(device)
+        model = create_model(p, num_classes, array.shape[3], loading, tuple(array.shape[1:3])).to(device)
         optimizer = timm.optim.create_optimizer_v2(model, p.optimizer, lr=p.lr, weight_decay=p.weight_decay, momentum=p.momentum)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         model.train()
@@ -103,4 +105,4 @@ def difficulty(kind: str, **kw) -> np.ndarray:
         return contrast(kw["array"], kw["rows"])
     if kind == "oof":
         return from_oof(kw["p"].curriculum_oof, kw["ids"], kw["targets"], kw["classes"])
-    return probe(kw["array"], kw["rows"], kw["targets"], kw["norm"], kw["p"], len(kw["classes"]), kw["device"], kw["seed"])
+    return probe(kw["array"], kw["rows"], kw["targets"], kw["norm"], kw["p"], len(kw["classes"]), kw["device"], kw["seed"], kw.get("loading"))

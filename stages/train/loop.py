@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm.optim
 import torch
 from timm.data import Mixup
 
@@ -38,14 +37,15 @@ from stages.train.batch_size import scaled_lr
 from stages.train.data import CacheDataset, LoaderBatches, data_workers, epoch_order, sampling_weights
 from stages.train.ema import Ema
 from stages.train.gpu_augment import DeviceBatches
+from pipeline.weights import input_size_kwargs
 from stages.train.metrics import Scoring
-from stages.train.model import apply_freezing, create_model, param_groups
+from stages.train.model import apply_freezing, create_model, create_optimizer
 from stages.train.rows import Rows, TrainData
 
 # Settings that change how fast a fold trains, not what it learns: a last.pt written under other
 # values of these still resumes (an fp16 run resumed under bf16 simply starts with an empty scaler).
 EXECUTION_KEYS = {"amp", "compile", "channels_last", "cudnn_benchmark", "gpu_augment", "gpu_cache_fraction", "workers", "device",
-                  "log_every", "checkpoint_every", "eval_batch_size", "dist_timeout", "fold", "batch_size_max"}
+                  "log_every", "checkpoint_every", "eval_batch_size", "dist_timeout", "fold", "batch_size_max", "tensorboard"}
 
 
 def seed_everything(seed: int) -> None:
@@ -189,19 +189,19 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
     else:
         dataset = CacheDataset(data.pixels, part.rows, part.labels, data.transform)
         source = LoaderBatches(dataset, batch_size, data_workers(p.workers), drop_last, seed, data.norm, device, data.pixels, val_rows)
-    model = create_model(p, len(data.classes), data.pixels.shape[3]).to(device)
+    model = create_model(p, len(data.classes), data.pixels.shape[3], data.loading, tuple(data.pixels.shape[1:3])).to(device)
     if p.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     lr = scaled_lr(p, p.batch_size)
-    optimizer = timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay,
-                                               momentum=p.momentum, **fused_kwargs(p.optimizer, device.type))
+    optimizer = create_optimizer(model, p, lr, **fused_kwargs(p.optimizer, device.type))
     amp = autocast_dtype(p.amp, device)
     multi_label = data.task.multi_label
     class_weight = losses.class_weights(part.targets if multi_label else part.labels, len(data.classes), p.class_weights)
     warmup = int(p.warmup_epochs * steps_per_epoch)
     if ddp.is_main():
         plots.lr_schedule(fold_dir / "lr_schedule.png", p.epochs * steps_per_epoch, warmup, lr, p, steps_per_epoch)
-    meta = {"model": p.model, "classes": data.classes, "task": data.task.kind, "in_chans": int(data.pixels.shape[3]), "norm": data.norm,
+    meta = {"model": p.model, "classes": data.classes, "in_chans": int(data.pixels.shape[3]), "norm": data.norm, "weights": data.weights,
+            "model_kwargs": input_size_kwargs(p.model, tuple(data.pixels.shape[1:3])),  # predict builds the same architecture
             "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold_index}
     val_truth = data.rows.targets[val_idx].round().astype(int) if multi_label else data.rows.labels[val_idx]
     return Fold(fold_index, fold_dir, seed, part, val_rows, val_truth, model,
@@ -253,7 +253,7 @@ def rank_difficulty(fold: Fold, data: TrainData, params: Params, device: torch.d
     """Curriculum difficulty of the training rows (one global order for every rank)."""
     difficulty = curriculum.difficulty(params.train.curriculum_score, array=data.pixels, rows=fold.part.rows, targets=fold.part.labels,
                                        ids=fold.part.ids, norm=data.norm, p=params.train, classes=data.classes, device=device,
-                                       seed=fold.seed)
+                                       seed=fold.seed, loading=data.loading)
     seed_everything(fold.seed)
     return ddp.from_main(difficulty)
 

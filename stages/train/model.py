@@ -1,53 +1,42 @@
-"""The timm model, local pretrained weights, and layer freezing."""
+"""The timm model (pretrained weights loaded by timm), layer freezing, and the optimiser's parameter groups."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import timm
+import timm.optim
 import torch
 from timm.models import group_parameters
-from timm.models._manipulate import adapt_input_conv
 
 from pipeline.errors import StageError
 from pipeline.params import TrainParams
+from pipeline.weights import Weights, input_size_kwargs, timm_kwargs
 
 
-def create_model(p: TrainParams, num_classes: int, in_chans: int) -> torch.nn.Module:
+def architecture(p: TrainParams, size: tuple[int, int] | None) -> dict:
+    """create_model arguments besides the weights: regularisation, and img_size for fixed-size (ViT-like) models."""
+    return {"drop_rate": p.drop_rate, "drop_path_rate": p.drop_path or None, **(input_size_kwargs(p.model, size) if size else {})}
+
+
+def weight_loading(p: TrainParams, weights: Weights, num_classes: int, in_chans: int, size: tuple[int, int] | None,
+                   classes: list[str] | None = None) -> dict:
+    """How timm loads the weights (checked once per run: weights that fit too little stop it before any fold)."""
+    return timm_kwargs(weights, p.model, num_classes, in_chans, p.pretrained_min_fit, architecture(p, size), classes)
+
+
+def create_model(p: TrainParams, num_classes: int, in_chans: int, loading: dict | None = None,
+                 size: tuple[int, int] | None = None) -> torch.nn.Module:
+    """The timm model; with `loading` (weight_loading), timm's own loader fills it: first conv adapted to
+    in_chans, a classifier of another class count reset, position embeddings resampled to `size`."""
+    extra = architecture(p, size)
+    loading = dict(loading or {"pretrained": False})
+    if "state_dict" in loading.get("pretrained_cfg_overlay", {}):  # timm edits it in place; each fold gets its own
+        loading["pretrained_cfg_overlay"] = {**loading["pretrained_cfg_overlay"], "state_dict": dict(loading["pretrained_cfg_overlay"]["state_dict"])}
+    weights_path = (loading.get("pretrained_cfg_overlay") or {}).get("file", "the weights")
     try:
-        model = timm.create_model(p.model, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                                  drop_rate=p.drop_rate, drop_path_rate=p.drop_path or None)
-    except (RuntimeError, TypeError) as exc:
-        raise StageError(f"train.model = {p.model!r}: timm cannot build it ({exc})") from None
-    if p.pretrained:
-        load_pretrained(model, Path(p.pretrained).expanduser(), in_chans)
-    return model
-
-
-def load_pretrained(model: torch.nn.Module, path: Path, in_chans: int) -> None:
-    """Load a safetensors file or a torch checkpoint (ours or timm's); skip a classifier of another size,
-    adapt the first conv to in_chans; refuse weights that match too little of the model."""
-    if not path.is_file():
-        raise StageError(f"train.pretrained: weights file {path} not found (give a local .safetensors or .pt path)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        for key in ("ema_state_dict", "state_dict_ema", "state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items() if torch.is_tensor(v)}
-    own = model.state_dict()
-    first_conv = (model.pretrained_cfg.get("first_conv") or "") + ".weight"
-    if first_conv in state and state[first_conv].shape[1] != in_chans:
-        state[first_conv] = adapt_input_conv(in_chans, state[first_conv])
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(fitting) < 0.5 * len(own):
-        raise StageError(f"train.pretrained: {path} fits only {len(fitting)} of {len(own)} tensors of {model.default_cfg.get('architecture', 'the model')}; is it for train.model?")
-    model.load_state_dict(fitting, strict=False)
+        return timm.create_model(p.model, num_classes=num_classes, in_chans=in_chans, **extra, **loading)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        what = f"cannot load {weights_path} into it" if loading.get("pretrained") else "timm cannot build it"
+        raise StageError(f"train.model = {p.model!r}: {what} ({str(exc).splitlines()[0][:300]})") from None
 
 
 def layer_groups(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
@@ -82,8 +71,16 @@ def apply_freezing(model: torch.nn.Module, p: TrainParams, epoch: int) -> str:
 
 
 def param_groups(model: torch.nn.Module, p: TrainParams) -> list[dict]:
-    """No weight decay on norms and biases (1-d tensors); the backbone's lr scaled by backbone_lr."""
+    """No weight decay on norms and biases (1-d tensors); the backbone's lr scaled by backbone_lr, and with
+    layer_decay each layer group below the head by layer_decay once more (timm's param_groups_layer_decay)."""
     head = head_parameters(model)
+    if p.layer_decay is not None:
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        groups = timm.optim.param_groups_layer_decay(model, p.weight_decay, no_weight_decay_list=skip, layer_decay=p.layer_decay)
+        for group in groups:
+            if not any(id(param) in head for param in group["params"]):
+                group["lr_scale"] = group.get("lr_scale", 1.0) * p.backbone_lr
+        return groups
     buckets: dict[tuple[bool, bool], list] = {}
     for _, param in model.named_parameters():
         buckets.setdefault((id(param) in head, param.ndim > 1), []).append(param)
@@ -91,3 +88,9 @@ def param_groups(model: torch.nn.Module, p: TrainParams) -> list[dict]:
         {"params": params, "weight_decay": p.weight_decay if decay else 0.0, "lr_scale": 1.0 if is_head else p.backbone_lr}
         for (is_head, decay), params in buckets.items()
     ]
+
+
+def create_optimizer(model: torch.nn.Module, p: TrainParams, lr: float, **extra) -> torch.optim.Optimizer:
+    """timm's optimiser factory over param_groups (per-group lr_scale is applied by the schedule); `extra`
+    goes to the torch optimiser (fused=True on CUDA)."""
+    return timm.optim.create_optimizer_v2(param_groups(model, p), p.optimizer, lr=lr, weight_decay=p.weight_decay, momentum=p.momentum, **extra)

@@ -67,9 +67,8 @@ def confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], path) -> None
 
 def top_losses(worst: pd.DataFrame, images, path, columns: int = 6) -> None:
     """The worst OOF predictions, one tile each: `worst` has id, label, predicted, probability (of the
-    prediction), true_probability, loss and copies (other members of its dedup cluster; marked in red,
-    since a copy with another label is a label conflict and one with the same label a leak across folds
-    if folds were not grouped)."""
+    prediction), true_probability, loss and copies (other train images in its dedup cluster; marked in
+    red: a copy with another label is a label conflict)."""
     rows = max(1, -(-len(worst) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.0, rows * 2.3), squeeze=False)
     for ax in axes.ravel():

@@ -13,7 +13,7 @@ RowStack reads them as one without copying the memory-mapped cache into memory.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -125,3 +125,5 @@ class TrainData:
     norm: dict  # input mean/std
     task: Task  # the task kind (multi-label: sigmoid outputs, tag targets)
     scoring: Scoring  # the selection metric, resolved for the task (stages.train.metrics)
+    weights: dict = field(default_factory=dict)  # the pretrained weights' kind, identity, source and why (pipeline.weights)
+    loading: dict = field(default_factory=dict)  # how timm loads them into each fold's model (stages.train.model.weight_loading)

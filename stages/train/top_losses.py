@@ -30,9 +30,10 @@ def worst(oof: pd.DataFrame, classes: list[str], clusters: pd.DataFrame, count: 
 
 
 def write(path: Path, oof: pd.DataFrame, classes: list[str], preprocess: Path, dedup: Path) -> pd.DataFrame:
-    index = read_index(preprocess)
+    """Train's side only (its cache and clusters), so a new test set never changes a train output."""
+    index = read_index(preprocess, ("train",))
     rows = index[index.split == "train"].set_index("id").row
-    table = worst(oof, classes, read_clusters(dedup))
-    pixels = read_arrays(preprocess)["train"]
+    table = worst(oof, classes, read_clusters(dedup, ("train",)))
+    pixels = read_arrays(preprocess, ("train",))["train"]
     plots.top_losses(table, [np.asarray(pixels[rows[i]]) for i in table.id], path)
     return table
