@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
-    rows = []
+    results = []
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
@@ -88,14 +88,14 @@ def main() -> None:
             batched = timed(lambda: predict_views(model, array, rows, norm, views, args.batch_size, device, amp=amp), args.repeat)
             looped = timed(lambda: [predict_views(model, array, rows, norm, [v], args.batch_size, device, amp=amp) for v in views], 1)
             ips = args.images / batched
-            rows.append({"model": args.model, "size": args.size, "set": label, "views": len(views), "images/s": ips,
+            results.append({"model": args.model, "size": args.size, "set": label, "views": len(views), "images/s": ips,
                          "% of ceiling": 100 * ips * len(views) * ceiling_s, "device": name})
             print(f"{label:<10} {len(views):>5} {ips:>10,.0f} {ips * len(views):>10,.0f} {ips * len(views) * ceiling_s:>10.2f} "
                   f"{args.images / looped:>12,.0f} {looped / batched:>11.2f}x")
     if args.json:
         import json
 
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -162,7 +162,12 @@ def resolve_hub(model: str, auto: bool, fetch: bool) -> Weights:
                          f"`{fetch_command(model)}` uses it (or set train.pretrained to a local file, or auto)")
     if not fetch:  # status and checks never download
         return Weights("hub", None, f"{repo} (not downloaded yet)", f"{repo} from the hub (train downloads it)", f"{how}: hub reachable", repo)
-    path = download_hub_file(repo, filenames)
+    try:
+        path = download_hub_file(repo, filenames)
+    except (OSError, ValueError) as exc:  # huggingface_hub's HTTP and network errors derive from these
+        if auto:
+            return Weights(SCRATCH, None, f"{SCRATCH} (auto: download failed)", "", f"auto: downloading {repo} failed ({str(exc).splitlines()[0][:200]})")
+        raise CheckError(f"train.pretrained = true: downloading {repo} into {hub_cache()} failed ({str(exc).splitlines()[0][:200]})") from None
     return Weights("hub", path, hub_identity(repo, path), f"{repo} downloaded into {hub_cache()}", f"{how}: downloaded", repo)
 
 
@@ -258,17 +263,30 @@ def tensor_shapes(path: Path, trusted: bool = False) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in read_state_dict(path, trusted).items()}
 
 
-def checkpoint_norm(path: Path) -> dict | None:
-    """The input normalisation one of our checkpoints (a local file the user named) trained with, else None."""
+def checkpoint_meta(path: Path) -> dict:
+    """What one of our checkpoints (a local file the user named) records besides tensors: norm, classes, ...;
+    empty for any other file. Memoised: train asks twice per run."""
     if path.suffix == ".safetensors":
-        return None
-    import torch
+        return {}
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _META:
+        import torch
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return None
-    norm = state.get("norm") if isinstance(state, dict) else None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # not a torch file we can read: timm's loader says why
+            state = None
+        _META[key] = {k: v for k, v in state.items() if k in ("norm", "classes", "model")} if isinstance(state, dict) else {}
+    return _META[key]
+
+
+_META: dict[tuple, dict] = {}
+
+
+def checkpoint_norm(path: Path) -> dict | None:
+    """The input normalisation one of our checkpoints trained with, else None."""
+    norm = checkpoint_meta(path).get("norm")
     return norm if isinstance(norm, dict) and {"mean", "std"} <= set(norm) else None
 
 
@@ -339,11 +357,13 @@ def check_pretrained(train: Any, fetch: bool = False) -> Weights:
     return weights
 
 
-def timm_kwargs(weights: Weights, model_name: str, num_classes: int, in_chans: int, min_fit: float, extra: dict) -> dict:
+def timm_kwargs(weights: Weights, model_name: str, num_classes: int, in_chans: int, min_fit: float, extra: dict,
+                classes: list[str] | None = None) -> dict:
     """create_model arguments that make timm load the weights: pretrained_cfg_overlay=dict(file=...) when
     every tensor fits (timm reads the file), else the fitting tensors as a state dict. Either way timm's loader
-    adapts the first conv to in_chans and resets a classifier of another size. Weights that fill under
-    min_fit of the model are refused before any training."""
+    adapts the first conv to in_chans and resets a classifier of another size — or of the same size for other
+    classes, when the weights are one of our checkpoints and say which classes they learned. Weights that fill
+    under min_fit of the model are refused before any training."""
     if not weights.loaded:
         return {"pretrained": False}
     if weights.path is None:
@@ -351,9 +371,12 @@ def timm_kwargs(weights: Weights, model_name: str, num_classes: int, in_chans: i
     trusted = weights.kind == "file"  # a path the user gave; hub files never go through the full unpickler
     target = meta_model(model_name, num_classes, in_chans, extra)
     shapes, clash = fit_or_refuse(weights, target, model_name, min_fit)
-    classes, chans = source_layout(target, shapes)
+    source_classes, chans = source_layout(target, shapes)
+    learned = checkpoint_meta(weights.path).get("classes") if trusted else None
+    if source_classes is None or (classes is not None and learned is not None and list(learned) != list(classes)):
+        source_classes = -1  # timm resets a classifier whose class count differs from the weights'
     input_size = target.pretrained_cfg.get("input_size") or (3, 224, 224)
-    overlay: dict = {"num_classes": classes if classes is not None else -1, "input_size": (chans or input_size[0], *input_size[1:])}
+    overlay: dict = {"num_classes": source_classes, "input_size": (chans or input_size[0], *input_size[1:])}
     if weights.path.suffix == ".safetensors" and not clash:
         overlay["file"] = str(weights.path)
     else:

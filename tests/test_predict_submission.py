@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import CheckError, StageError
-from stages.predict.submission import build_submission, sample_format, validate_submission, write_submission
+from stages.predict.submission import Answers, build_submission, sample_format, validate_submission, write_submission
 
 CLASSES = ["cat", "dog", "fox"]
 IDS = ["a", "b", "c", "d"]
@@ -75,8 +75,8 @@ def test_binary_probability_format():
     # 0/1 placeholders with 0/1 classes could ask for either: the run stops and says which key to set
     with pytest.raises(CheckError, match="set predict.submission to labels or probabilities"):
         sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), ["0", "1"])
-    assert sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), ["0", "1"], "labels") == "label"
-    assert sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), ["0", "1"], "probabilities") == "binary"
+    assert sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), ["0", "1"], Answers(choice="labels")) == "label"
+    assert sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), ["0", "1"], Answers(choice="probabilities")) == "binary"
 
 
 def test_unknown_sample_columns():
@@ -105,7 +105,7 @@ def test_the_sample_decides_only_when_unambiguous(classes, values, expected):
 
 def test_probabilities_in_one_column_need_two_classes():
     with pytest.raises(CheckError, match="predict.submission = probabilities"):
-        sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), CLASSES, "probabilities")
+        sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), CLASSES, Answers(choice="probabilities"))
 
 
 def test_a_sample_naming_a_class_train_lacks_is_named():

@@ -200,3 +200,48 @@ def test_the_lock_changes_when_the_weights_file_changes(tmp_path):
     torch.manual_seed(1)
     save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t").state_dict().items()}, str(file))
     assert status() == ("stale", "input weights changed")
+
+
+def test_online_true_downloads_into_the_cache_and_auto_survives_a_failed_download(hub, monkeypatch):
+    """The online path with the hub stood in for: hf_hub_download writes the cache entry timm would get."""
+    import huggingface_hub
+
+    import pipeline.weights as weights_module
+
+    calls = []
+
+    def download(repo_id, filename, revision=None, cache_dir=None):
+        calls.append((repo_id, filename, Path(cache_dir)))
+        fake_hub(hub)
+        return str(hub / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / REV / filename)
+
+    monkeypatch.setattr(weights_module, "hub_reachable", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    p = train_params("train.pretrained=true")
+    assert resolve_weights(p, fetch=False).path is None and not calls  # status and checks never download
+    weights = resolve_weights(p)
+    assert calls == [("timm/resnet10t.c3_in1k", "model.safetensors", hub / "hub")] and weights.source.endswith("downloaded into " + str(hub / "hub"))
+    assert weights.identity == resolve_weights(p, fetch=False).identity  # cached now: status agrees with the lock
+
+    def fails(*args, **kwargs):
+        raise ConnectionResetError("connection reset by peer")  # huggingface_hub's HTTP errors are OSErrors too
+
+    monkeypatch.setenv("HF_HOME", str(hub.parent / "empty"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fails)
+    said = resolve_weights(train_params("train.pretrained=auto")).describe()
+    assert said.startswith("from scratch (auto: downloading timm/resnet10t.c3_in1k failed")
+    with pytest.raises(CheckError, match="downloading timm/resnet10t.c3_in1k into .* failed"):
+        resolve_weights(p)
+
+
+def test_our_checkpoint_keeps_its_head_only_for_the_same_classes(tmp_path):
+    torch.manual_seed(3)
+    saved = timm.create_model("resnet10t", num_classes=3, in_chans=1).state_dict()
+    file = tmp_path / "best.pt"
+    torch.save({"model": "resnet10t", "classes": ["a", "b", "c"], "norm": {"mean": [0.2], "std": [0.3]}, "state_dict": saved}, file)
+    p = train_params(f"train.pretrained={file}")
+    weights = resolve_weights(p)
+    for classes, kept in ((["a", "b", "c"], True), (["x", "y", "z"], False)):
+        model = create_model(p, 3, 1, weight_loading(p, weights, 3, 1, (32, 32), classes), (32, 32))
+        assert torch.equal(model.state_dict()["fc.weight"], saved["fc.weight"]) == kept, classes
+        assert torch.equal(model.state_dict()["conv1.0.weight"], saved["conv1.0.weight"])

@@ -65,7 +65,7 @@ def params_for(*extra):
 
 def test_pseudo_rows_train_every_fold_but_never_validate(inputs):
     data, train = train_stage.load_data(params_for(), StagePaths(out=None, inputs=inputs))
-    rows = data["rows"]
+    rows = data.rows
     assert rows.describe() == f"48 labelled + {N_TEST} pseudo"
     pseudo = np.where(rows.fold == -1)[0]
     assert set(rows.ids[pseudo]) == {f"t{i}" for i in range(N_TEST)}
@@ -84,7 +84,7 @@ def test_pseudo_rows_train_every_fold_but_never_validate(inputs):
     copy_fold = rows.fold[0]  # the fold whose validation holds train image 0, which t0 and t1 copy
     assert not {"t0", "t1"} & set(rows.ids[rows.fold_split(copy_fold)[0]])
     # pixels of a pseudo row are its test image
-    stack = data["pixels"]
+    stack = data.pixels
     assert (stack[rows.rows[pseudo[3]]] == np.load(inputs["preprocess"] / "test" / IMAGES)[3]).all()
 
 
@@ -103,7 +103,7 @@ def test_distillation_trains_on_teacher_targets(inputs, tmp_path):
     base = {k: v for k, v in inputs.items() if k not in ("pseudo", "teacher")}
     params = params_for("train.fold=0", f"distill.teacher={inputs['teacher']}", "distill.test_weight=0.5")
     data, _ = train_stage.load_data(params, StagePaths(out=None, inputs=base))
-    rows = data["rows"]
+    rows = data.rows
     assert rows.describe() == f"48 labelled + {N_TEST} teacher"
     taught = rows.fold == -1
     assert (rows.targets[taught] == 0).all() and (rows.weights[taught] == 0.5).all()  # no label: the teacher alone

@@ -43,9 +43,10 @@ def architecture(p: TrainParams, size: tuple[int, int] | None) -> dict:
     return {"drop_rate": p.drop_rate, "drop_path_rate": p.drop_path or None, **(input_size_kwargs(p.model, size) if size else {})}
 
 
-def weight_loading(p: TrainParams, weights: Weights, num_classes: int, in_chans: int, size: tuple[int, int] | None) -> dict:
+def weight_loading(p: TrainParams, weights: Weights, num_classes: int, in_chans: int, size: tuple[int, int] | None,
+                   classes: list[str] | None = None) -> dict:
     """How timm loads the weights (checked once per run: weights that fit too little stop it before any fold)."""
-    return timm_kwargs(weights, p.model, num_classes, in_chans, p.pretrained_min_fit, architecture(p, size))
+    return timm_kwargs(weights, p.model, num_classes, in_chans, p.pretrained_min_fit, architecture(p, size), classes)
 
 
 def create_model(p: TrainParams, num_classes: int, in_chans: int, loading: dict | None = None,
