@@ -155,11 +155,11 @@ def run(params: Params, paths) -> dict:
     clock = RunClock(total_epochs=params.train.epochs * len([k for k in folds if k not in finished]))
     with ddp.session(params.train.dist_timeout, device) as world:
         params = resolve_batch_size(params, data, device, world.size)
-        path, why = data_path(params.train, data, device)
+        path, why = ddp.from_main(data_path(params.train, data, device))  # one path for every rank (free memory may differ)
         p = params.train
+        console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
+                      + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {', '.join(map(str, folds))}")  # every rank says it is up
         if world.main:
-            console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
-                          + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {', '.join(map(str, folds))}")
             workers = f"; loader workers {data_workers('auto')} (auto: {usable_cores()} cores)" if p.workers == "auto" and path == "loader" else ""
             console.print(f"train: data path {path}: {why}{workers}")
         trained = []
