@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.console import console, is_main_process, print_wide, results
+from pipeline.console import console, is_main_process, print_wide, results, summary
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.finetune import load_finetuned
 from pipeline.params import Params
@@ -127,6 +127,21 @@ def run(
             results.print(f"round {row['round']}: cv {row['metric']} {row['cv']:.4f}{extra}")
     submission = final_predict_dir(wd, p.rounds) / "submission.csv"
     results.print(f"[bold green]done[/]: ran {', '.join(ran) if ran else 'nothing (all fresh)'}; submission: {submission}")
+
+
+@app.command()
+def init(
+    data_root: Annotated[Path, typer.Argument(help="the competition folder (train/ + train.csv, or train/<class>/)")],
+    params: ParamsOpt = Path("params.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing params file")] = False,
+) -> None:
+    """Write a commented params.yaml for a competition folder and say what was detected in it."""
+    from pipeline.init import init as write_params
+
+    report = _guard(lambda: write_params(data_root, params, force))
+    summary("init", report)
+    flag = "" if params == Path("params.yaml") else f" -p {params}"
+    results.print(f"next: pipeline run{flag} (or pipeline status{flag})", soft_wrap=True, markup=False)
 
 
 @app.command()

@@ -3,7 +3,10 @@
 Outputs, one folder per side (train depends on the train side alone; pipeline.runner):
   train/images.npy, test/images.npy   uint8 arrays (N, H, W, C), memory-mapped by train and predict
   train/index.csv, test/index.csv     id, split, label, row (into that side's array), path (relative to data.root)
-  train/classes.json                  the label vocabulary, in class-index order
+  train/classes.json                  the label vocabulary (multi-label: the tags), in class-index order
+  train/task.json                     the task kind, tag separator and answers per image (pipeline.tasks;
+                                      the sample's answer format is read with the train side: it picks
+                                      the metric train selects on, and a new test set keeps that format)
   train/report.json                   size, channel mode, median/crop decisions with their measurements (all
                                       chosen from the train images), counts, skipped files
   test/sample_submission.csv          the submission template (the competition's, or id,label)
@@ -37,6 +40,7 @@ from pipeline.artifacts import read_json, write_csv, write_json
 from pipeline.cache import IMAGES
 from pipeline.console import track
 from pipeline.data import discover, discover_test
+from pipeline.tasks import present
 from pipeline.images import ImageError, is_gray, read_image
 from pipeline.params import Params, PreprocessParams
 
@@ -305,7 +309,8 @@ def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dic
     """The train side, from train/ and train.csv alone: the cache geometry (size, channels) is chosen
     here from the training images, and the test side follows it. Returns the train report."""
     p = params.preprocess
-    data = discover(root, params.data.id_column, params.data.label_column)
+    d = params.data
+    data = discover(root, d.id_column, d.label_column, d.task, d.tag_separator, d.class_order)
     train = data.manifest[data.manifest.split == "train"].reset_index(drop=True)
     sample = probe(list(train.path), p)
     sides = sample.sides
@@ -316,11 +321,13 @@ def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dic
     hw = target_hw(auto_size(sides, p.size_range) if p.size == "auto" else p.size)
     size_from = f"auto (median train side {int(np.median(sides)) if sides else '?'} px)" if p.size == "auto" else "params"
     index, failures = _cache_split(train, out, "train", p, channels, hw, workers, root)
-    classes = [c for c in data.classes if c in set(index.label)]
+    classes = present(data.classes, index.label, data.task)
     write_csv(out / "index.csv", index)
     write_json(out / "classes.json", classes)
+    write_json(out / "task.json", data.task.as_json())
     report = {
         "layout": data.layout,
+        "task": f"{data.task.kind} ({data.task.why})" + (f", {data.task.top_k} answers per image" if data.task.top_k > 1 else ""),
         "id_column": data.id_column,
         "label_column": data.label_column,
         "size": list(hw),
