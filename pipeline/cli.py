@@ -137,7 +137,10 @@ def init(
     params: ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing params file")] = False,
 ) -> None:
-    """Write a commented params.yaml for a competition folder and say what was detected in it."""
+    """Write a commented params.yaml for a competition folder and say what was detected in it.
+
+    Example: pipeline init /data/my-competition -p params.yaml
+    """
     from pipeline.init import init as write_params
 
     report = _guard(lambda: write_params(data_root, params, force))
