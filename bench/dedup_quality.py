@@ -1,16 +1,19 @@
-"""Dedup quality: pairwise precision and recall on data with known, injected near-duplicates.
+"""Dedup quality: pairwise precision and recall on data with known near-duplicates made at native size.
 
-Two datasets, each a set of distinct images plus injected copies (exact, re-encoded JPEG, shifted
-1-2 px, brighter or darker, resize round trip):
-  small gray:  scikit-learn's handwritten digits upscaled to 28 x 28 (the hard case: one kind of
-               object, few pixels, thousands of similar items)
-  colour:      generated 128 x 128 colour scenes (gradient, shapes, texture)
-Every image goes through preprocess's own per-image path with the default params (median filter,
-auto size), then through dedup. Pairwise precision/recall compare the predicted clusters with the true
-groups (original + its copies). Printed: the curve over dedup.threshold for the shift-tolerant
-correlation, and the hash-only baseline (pHash within a Hamming radius, no verification).
+Datasets and copies: see bench/dedup_data.py (digits, small gray look-alikes, colour photo crops,
+colour scenes; copies shifted, re-lit, JPEG'd, resized, blurred, re-shot, combined, copied again;
+hard negatives that only differ in texture, one detail, colour or a small object on a shared
+background). Every image goes through preprocess's own per-image path with the stage's default params
+(auto size from the images as the stage decides it, median filter) and then through the dedup
+stage's own `find_duplicates`. Printed per dataset: pairwise precision/recall of the clusters against
+the true groups, the share of copies found per transform, the share of hard-negative pairs merged,
+candidate recall (true pairs that reached verification), and the curve over `dedup.threshold`.
 
-    python bench/dedup_quality.py [--copies 0.25] [--seed 0]
+    python bench/dedup_quality.py [--half bottom|top] [--seed 0] [--datasets lookalike photos ...]
+
+`--half top` is the calibration split (crops from the top half of each photo, even digits); the
+figures in bench/README.md are `--half bottom` (the other half), so they are not the images any
+threshold was chosen on.
 """
 
 from __future__ import annotations
@@ -20,86 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.dedup_data import TRANSFORMS, Items, dataset  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from stages.dedup import exact_pairs  # noqa: E402
-from stages.dedup.search import hash_pairs  # noqa: E402
-from stages.dedup.signatures import signatures  # noqa: E402
-from stages.dedup.verify import shift_correlation  # noqa: E402
-from stages.preprocess import auto_size, process, target_hw  # noqa: E402
-from stages.dedup.union_find import UnionFind  # noqa: E402
+from stages import dedup  # noqa: E402
+from stages.preprocess import auto_size, choose_channels, process, target_hw  # noqa: E402
 
-THRESHOLDS = (0.90, 0.95, 0.97, 0.98, 0.985, 0.99, 0.993, 0.995, 0.996, 0.997, 0.998, 0.999)
-RADII = (2, 4, 6, 8, 10, 12)
-TRANSFORMS = ("exact", "jpeg", "shift", "brightness", "resize")
-
-
-def small_gray() -> list[np.ndarray]:
-    """MNIST-like: each 8x8 digit upscaled to a 20x20 box centred in 28x28 (MNIST's own framing)."""
-    from sklearn.datasets import load_digits
-
-    images = []
-    for d in load_digits().images * (255.0 / 16.0):
-        box = cv2.resize(d.astype(np.float32), (20, 20), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
-        images.append(cv2.copyMakeBorder(box, 4, 4, 4, 4, cv2.BORDER_CONSTANT, value=0)[:, :, None])
-    return images
-
-
-def colour_scenes(n: int, rng: np.random.Generator, side: int = 128) -> list[np.ndarray]:
-    images = []
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
-    for _ in range(n):
-        c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        angle = rng.uniform(0, np.pi)
-        t = (np.cos(angle) * xx + np.sin(angle) * yy)[:, :, None]
-        image = (c0 * (1 - t) + c1 * t).astype(np.float32)
-        for _ in range(rng.integers(3, 7)):
-            colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
-            centre = tuple(int(v) for v in rng.integers(0, side, 2))
-            if rng.random() < 0.5:
-                cv2.circle(image, centre, int(rng.integers(6, side // 3)), colour, -1)
-            else:
-                size = rng.integers(8, side // 2, 2)
-                cv2.rectangle(image, centre, (int(centre[0] + size[0]), int(centre[1] + size[1])), colour, -1)
-        image += cv2.GaussianBlur(rng.normal(0, 12, image.shape).astype(np.float32), (0, 0), 1.5)
-        images.append(image.clip(0, 255).astype(np.uint8))
-    return images
-
-
-def transform(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    h, w = image.shape[:2]
-    if kind == "exact":
-        out = image.copy()
-    elif kind == "jpeg":
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 95))])
-        out = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    elif kind == "shift":
-        dy, dx = (rng.integers(1, 3) * rng.choice([-1, 1]) for _ in range(2))
-        matrix = np.float32([[1, 0, dx], [0, 1, dy]])
-        out = cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REPLICATE)
-    elif kind == "brightness":
-        out = (image.astype(np.int16) + int(rng.integers(10, 30)) * int(rng.choice([-1, 1]))).clip(0, 255).astype(np.uint8)
-    else:  # resize round trip
-        f = rng.uniform(0.5, 0.8)
-        small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    return out.reshape(h, w, -1)
-
-
-def inject(originals: list[np.ndarray], fraction: float, rng: np.random.Generator):
-    """originals + copies; returns (images, true group per image, transform per image)."""
-    images, groups, kinds = list(originals), list(range(len(originals))), ["original"] * len(originals)
-    for g in rng.choice(len(originals), int(fraction * len(originals)), replace=False):
-        for _ in range(rng.integers(1, 4)):
-            kind = TRANSFORMS[rng.integers(len(TRANSFORMS))]
-            images.append(transform(originals[g], kind, rng))
-            groups.append(int(g))
-            kinds.append(kind)
-    return images, np.array(groups), kinds
+THRESHOLDS = (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
+DATASETS = ("digits", "lookalike", "photos", "scenes")
 
 
 def pair_count(labels: np.ndarray) -> int:
@@ -113,72 +47,92 @@ def pairwise_pr(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return (tp / predicted if predicted else 1.0), (tp / true if true else 1.0)
 
 
-def clusters_from(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    uf = UnionFind(n)
-    for x, y in zip(a.tolist(), b.tolist()):
-        uf.union(x, y)
-    return uf.labels()
+def to_cache(items: Items, params) -> list[np.ndarray]:
+    """What `pipeline preprocess` stores for these images with the default params."""
+    p = params.preprocess
+    hw = target_hw(auto_size([max(im.shape[:2]) for im in items.images], p.size_range))
+    channels = choose_channels(p.channels, all(im.shape[2] == 1 for im in items.images))
+    return [process(im, p, channels, hw) for im in items.images]
 
 
-def evaluate(name: str, originals: list[np.ndarray], params, rng: np.random.Generator, fraction: float) -> dict:
-    images, truth, kinds = inject(originals, fraction, rng)
-    p, d = params.preprocess, params.dedup
-    hw = target_hw(auto_size([max(im.shape[:2]) for im in originals], p.size_range))
-    channels = originals[0].shape[2]
+def clusters_at(n: int, pairs: tuple, threshold: float) -> np.ndarray:
+    i, j, score = pairs
+    keep = score >= threshold
+    return dedup.cluster_links(n, i[keep], j[keep], score[keep])[0]
+
+
+def per_transform(pred: np.ndarray, items: Items) -> dict[str, float]:
+    truth, kinds = np.asarray(items.groups), np.asarray(items.kinds)
+    return {k: float(np.mean(pred[kinds == k] == pred[truth[kinds == k]])) for k in TRANSFORMS if (kinds == k).any()}
+
+
+def negatives_merged(pred: np.ndarray, items: Items) -> dict[str, str]:
+    out: dict[str, list[bool]] = {}
+    for a, b, kind in items.negatives:
+        out.setdefault(kind, []).append(bool(pred[a] == pred[b]))
+    return {k: f"{sum(v)}/{len(v)}" for k, v in out.items()}
+
+
+def candidate_recall(items: Items, pairs: tuple) -> float:
+    """Share of true pairs (same group) that were scored at all, directly or through a chain of
+    scored pairs (what union-find can use)."""
+    truth = np.asarray(items.groups)
+    linked = dedup.cluster_links(len(truth), pairs[0], pairs[1], pairs[2])[0]
+    return pairwise_pr(linked, truth)[1]
+
+
+def evaluate(name: str, items: Items, params) -> dict:
+    d = params.dedup
     t0 = time.perf_counter()
-    cache = [process(im, p, channels, hw) for im in images]
+    cache = to_cache(items, params)
     t1 = time.perf_counter()
-    ea, eb = exact_pairs(iter(cache), len(cache))
-    thumbs, stds, hashes = signatures(iter(cache), len(cache))
-    keep = np.flatnonzero(stds >= d.min_std)
-    ci, cj, dist = hash_pairs(hashes[keep], max(max(RADII), d.radius), d.window)
-    ci, cj = keep[ci], keep[cj]
-    on_radius = dist <= d.radius
-    scores = shift_correlation(thumbs, ci[on_radius], cj[on_radius], d.max_shift)
+    found = dedup.find_duplicates(cache, d)
     t2 = time.perf_counter()
-    print(f"\n== {name}: {len(originals)} distinct + {len(images) - len(originals)} copies, cache {hw[0]}x{hw[1]}x{channels}, "
-          f"{int(on_radius.sum())} candidates at radius {d.radius}; preprocess {t1 - t0:.1f}s, dedup {t2 - t1:.1f}s")
-    print("hash only (no verification):   radius  precision  recall")
-    for r in RADII:
-        m = dist <= r
-        pr = pairwise_pr(clusters_from(len(cache), np.r_[ea, ci[m]], np.r_[eb, cj[m]]), truth)
-        print(f"                                {r:>6}  {pr[0]:9.3f}  {pr[1]:6.3f}")
-    print(f"hash radius {d.radius} + correlation:  threshold  precision  recall")
-    curve = {}
-    for t in sorted(set(THRESHOLDS) | {d.threshold}):
-        m = scores >= t
-        pred = clusters_from(len(cache), np.r_[ea, ci[on_radius][m]], np.r_[eb, cj[on_radius][m]])
-        curve[t] = pairwise_pr(pred, truth)
-        mark = "  <- default" if t == d.threshold else ""
-        print(f"                                {t:9.3f}  {curve[t][0]:9.3f}  {curve[t][1]:6.3f}{mark}")
-    # recall per transform at the default threshold: is each copy in its original's cluster?
-    m = scores >= d.threshold
-    pred = clusters_from(len(cache), np.r_[ea, ci[on_radius][m]], np.r_[eb, cj[on_radius][m]])
-    per_kind = {k: float(np.mean([pred[i] == pred[truth[i]] for i in range(len(images)) if kinds[i] == k])) for k in TRANSFORMS}
-    print("copy found, by transform at default: " + ", ".join(f"{k} {v:.2f}" for k, v in per_kind.items()))
-    return curve
+    truth, pred = np.asarray(items.groups), found["cluster"]
+    precision, recall = pairwise_pr(pred, truth)
+    shape = "x".join(map(str, cache[0].shape))
+    copies = sum(k != "original" for k in items.kinds)
+    print(f"\n== {name}: {len(items.images) - copies} items + {copies} copies, cache {shape}; "
+          f"preprocess {t1 - t0:.1f}s, dedup {t2 - t1:.1f}s, {found['candidate_pairs']} candidates")
+    print(f"default (threshold {found.get('threshold_reason', d.threshold)}): precision {precision:.3f}  recall {recall:.3f}")
+    print("copies found, by transform: " + ", ".join(f"{k} {v:.2f}" for k, v in per_transform(pred, items).items()))
+    print("hard negatives merged: " + (", ".join(f"{k} {v}" for k, v in negatives_merged(pred, items).items()) or "none"))
+    result = {"precision": precision, "recall": recall}
+    if "pairs" in found:  # every scored candidate: the curve over the threshold
+        result["candidate_recall"] = candidate_recall(items, found["pairs"])
+        print(f"candidate recall (true pairs scored, directly or by a chain): {result['candidate_recall']:.3f}")
+        curve = {}
+        print("threshold  precision  recall")
+        for t in THRESHOLDS:
+            curve[t] = pairwise_pr(clusters_at(len(cache), found["pairs"], t), truth)
+            print(f"{t:9.3f}  {curve[t][0]:9.3f}  {curve[t][1]:6.3f}")
+        result["curve"] = curve
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--copies", type=float, default=0.25, help="fraction of originals that get 1-3 copies")
-    ap.add_argument("--colour", type=int, default=1500, help="distinct colour scenes")
+    ap.add_argument("--copies", type=float, default=0.3, help="fraction of items that get 1-3 copies")
+    ap.add_argument("--half", choices=["top", "bottom"], default="bottom", help="top: calibration split; bottom: reported")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     ap.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
-    ap.add_argument("-S", dest="overrides", action="append", default=[], help="params override, e.g. -S dedup.radius=10")
+    ap.add_argument("-S", dest="overrides", action="append", default=[], help="params override, e.g. -S dedup.threshold=0.9")
     args = ap.parse_args()
     params, _ = load_params(Path(args.params), args.overrides)
-    print(f"dedup params: {params.dedup.model_dump()}")
-    rng = np.random.default_rng(args.seed)
-    gray = evaluate("small gray (MNIST-like digits 28x28)", small_gray(), params, rng, args.copies)
-    colour = evaluate("colour scenes 128x128", colour_scenes(args.colour, rng), params, rng, args.copies)
-    # The default must hold on both kinds of data: pick the threshold whose worst P or R is highest.
-    worst = {t: min(*gray[t], *colour[t]) for t in gray}
-    best = max(worst, key=worst.get)
-    print("\nthreshold  min(P, R) over both datasets")
-    for t, w in worst.items():
-        marks = ("  <- best" if t == best else "") + ("  <- default (dedup.threshold)" if t == params.dedup.threshold else "")
-        print(f"{t:9.3f}  {w:.3f}{marks}")
+    print(f"dedup params: {params.dedup.model_dump()}  (half {args.half}, seed {args.seed})")
+    results = {name: evaluate(name, dataset(name, args.half, args.seed, args.copies), params) for name in args.datasets}
+    print("\ndataset     precision  recall  min")
+    for name, r in results.items():
+        print(f"{name:10}  {r['precision']:9.3f}  {r['recall']:6.3f}  {min(r['precision'], r['recall']):.3f}")
+    curves = [r["curve"] for r in results.values() if "curve" in r]
+    if curves:  # the default must hold on every kind of data: the threshold whose worst P or R is highest
+        worst = {t: min(min(c[t]) for c in curves) for t in curves[0]}
+        best = max(worst, key=worst.get)
+        print("\nthreshold  min(P, R) over the datasets")
+        for t, w in worst.items():
+            marks = "  <- best single fixed threshold" if t == best else ""
+            print(f"{t:9.3f}  {w:.3f}{marks}")
 
 
 if __name__ == "__main__":

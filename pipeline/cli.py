@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.console import console, is_main_process, print_wide, results
+from pipeline.console import console, is_main_process, print_wide, results, summary
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.finetune import load_finetuned
 from pipeline.params import Params
@@ -130,6 +130,21 @@ def run(
 
 
 @app.command()
+def init(
+    data_root: Annotated[Path, typer.Argument(help="the competition folder (train/ + train.csv, or train/<class>/)")],
+    params: ParamsOpt = Path("params.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing params file")] = False,
+) -> None:
+    """Write a commented params.yaml for a competition folder and say what was detected in it."""
+    from pipeline.init import init as write_params
+
+    report = _guard(lambda: write_params(data_root, params, force))
+    summary("init", report)
+    flag = "" if params == Path("params.yaml") else f" -p {params}"
+    results.print(f"next: pipeline run{flag} (or pipeline status{flag})", soft_wrap=True, markup=False)
+
+
+@app.command()
 def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, set_: SetOpt = None) -> None:
     """Say which stages are fresh, stale or missing, and why.
 
@@ -149,7 +164,7 @@ def weights(
 ) -> None:
     """Copy (from the Hugging Face cache) or download models' weights into DIR/<model> for offline training.
 
-    Example: pipeline weights convnext_tiny.fb_in22k --to kaggle-weights
+    Example: pipeline weights convnext_tiny.fb_in22k resnet26d --to kaggle-weights
     """
     from pipeline.weights_export import export_weights, list_weights
 

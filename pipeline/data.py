@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline import tasks
 from pipeline.errors import DataError
 from pipeline.images import IMAGE_EXTENSIONS
 
@@ -20,8 +21,11 @@ from pipeline.images import IMAGE_EXTENSIONS
 # test set (a code competition swaps it in at scoring time) never retrains (pipeline.runner).
 SIDE_FILES = {"train": ("train", "train.csv"), "test": ("test", "sample_submission.csv")}
 
-ID_NAMES = ("id", "image_id", "imageid", "image", "img", "file", "filename", "file_name", "name", "image_name", "path")
-LABEL_NAMES = ("label", "labels", "class", "class_id", "classid", "target", "category", "y", "species", "breed")
+ID_NAMES = ("id", "image_id", "id_code", "imageid", "image", "img", "file", "filename", "file_name", "name", "image_name", "path")
+TAGS_COLUMN = "_tags"  # the manifest column built from one 0/1 column per class
+INDICATOR_LAYOUT = "kaggle, one 0/1 column per class"
+LABEL_NAMES = ("label", "labels", "class", "class_id", "classid", "target", "category", "y", "species", "breed", "tags",
+               "attribute_ids", "diagnosis", "level")
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Dataset:
     layout: str
     id_column: str = "id"  # train.csv's id and label columns: a test folder without a sample gets them
     label_column: str = "label"
+    task: tasks.Task | None = None  # set by settle_task (pipeline.tasks)
 
 
 def natural_key(label: str):
@@ -93,12 +98,26 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _kaggle(root: Path, id_column: str | None, label_column: str | None) -> Dataset:
+def _label_or_tags(table: pd.DataFrame, id_col: str, label_column: str | None, separator: str, csv: Path):
+    """(table, label column, layout): the named or detected label column, or, failing that, one 0/1
+    column per class (multi-label) folded into one column of tags."""
+    others = [c for c in table.columns if c != id_col]
+    try:
+        return table, _pick_column(others, label_column, LABEL_NAMES, "label", csv), "kaggle"
+    except DataError:
+        indicators = tasks.indicator_columns(table, id_col) if label_column is None else []
+        if not indicators:
+            raise
+    table = table.assign(**{TAGS_COLUMN: tasks.tags_from_indicators(table, indicators, separator)})
+    return table, TAGS_COLUMN, INDICATOR_LAYOUT
+
+
+def _kaggle(root: Path, id_column: str | None, label_column: str | None, separator: str = " ") -> Dataset:
     csv = root / "train.csv"
     table = _read_csv(csv)
     columns = list(table.columns)
     id_col = _pick_column(columns, id_column, ID_NAMES, "id", csv)
-    label_col = _pick_column([c for c in columns if c != id_col], label_column, LABEL_NAMES, "label", csv)
+    table, label_col, layout = _label_or_tags(table, id_col, label_column, separator, csv)
     table = table[table[label_col].str.strip() != ""]
     if table[id_col].duplicated().any():
         dup = table[id_col][table[id_col].duplicated()].iloc[0]
@@ -112,7 +131,7 @@ def _kaggle(root: Path, id_column: str | None, label_column: str | None) -> Data
         }
     )
     test, sample = discover_test(root, id_col, label_col)
-    dataset = _finish(pd.concat([train, test], ignore_index=True), sample, "kaggle")
+    dataset = _finish(pd.concat([train, test], ignore_index=True), sample, layout)
     dataset.id_column, dataset.label_column = id_col, label_col
     return dataset
 
@@ -169,14 +188,31 @@ def _finish(manifest: pd.DataFrame, sample: pd.DataFrame, layout: str) -> Datase
     return Dataset(manifest=manifest, classes=classes, sample=sample, layout=layout)
 
 
-def discover(root: Path, id_column: str | None = None, label_column: str | None = None) -> Dataset:
+def settle_task(dataset: Dataset, wanted: str, separator: str, class_order: list[str] | None) -> Dataset:
+    """The task kind (pipeline.tasks) and, for it, the class vocabulary: tags for multi-label, in
+    natural order or data.class_order."""
+    labels = dataset.manifest.loc[dataset.manifest.split == "train", "label"]
+    dataset.task = tasks.detect(labels, dataset.sample, wanted, separator, dataset.layout == INDICATOR_LAYOUT)
+    dataset.classes = tasks.ordered(tasks.classes_of(labels, dataset.task, natural_key), class_order)
+    if len(dataset.classes) < 2:
+        raise DataError(f"only one class ({dataset.classes[0]!r}) in the training labels; classification needs at least two")
+    return dataset
+
+
+def discover(root: Path, id_column: str | None = None, label_column: str | None = None, task: str = "auto",
+             tag_separator: str = " ", class_order: list[str] | None = None) -> Dataset:
+    """The dataset of a competition folder, with its task kind settled (settle_task)."""
+    return settle_task(_discover(root, id_column, label_column, tag_separator), task, tag_separator, class_order)
+
+
+def _discover(root: Path, id_column: str | None, label_column: str | None, separator: str) -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: competition folder not found (data.root)")
     if not (root / "train").is_dir():
         raise DataError(f"{root}: no train/ folder; expected train/ + train.csv (Kaggle) or train/<class>/ folders")
     if (root / "train.csv").is_file():
-        return _kaggle(root, id_column, label_column)
+        return _kaggle(root, id_column, label_column, separator)
     if any(p.is_dir() for p in (root / "train").iterdir()):
         return _class_folders(root)
     raise DataError(f"{root}: train/ holds files but there is no train.csv; expected train.csv (id, label) or train/<class>/ folders")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ParamsError
+from pipeline.metrics import check_name as check_metric
 
 EXAMPLE_ROOT = "example:digits"
 
@@ -28,15 +29,25 @@ class DataParams(Section):
     full_hash: bool  # fingerprint the raw data by content (slow) instead of names, sizes and mtimes
     id_column: str | None  # None: detect (id, image_id, image, file, ...)
     label_column: str | None  # None: detect (label, class, target, ...)
+    task: Literal["auto", "single_label", "multi_label", "binary"]  # auto: detect from train.csv and the sample
+    tag_separator: str = Field(min_length=1)  # between the tags of one multi-label cell (and top-k answers)
+    class_order: list[str] | None  # ordinal order of the classes (qwk); None: the labels' natural order
 
 
 class CropParams(Section):
-    enabled: bool  # crop to the dominant object(s) before resizing (object-centred datasets)
+    enabled: bool | str  # crop to the dominant object(s); auto: when a train sample shows small objects in wide margins
     canny_low: int = Field(ge=0, le=255)  # Canny hysteresis thresholds on the 8-bit gray image
     canny_high: int = Field(ge=1, le=255)
     min_area: float = Field(ge=0.0, le=1.0)  # contours whose box is under this fraction of the image are specks
     margin: float = Field(ge=0.0, le=1.0)  # added on every side, as a fraction of the box side
     min_fraction: float = Field(ge=0.0, le=1.0)  # boxes smaller than this fraction of a side: keep the whole image
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _enabled(cls, value):
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError("expected true, false or auto")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -50,10 +61,18 @@ class PreprocessParams(Section):
     size_range: tuple[int, int]  # auto: the train images' median side, rounded up to 32, clipped to [lo, hi]
     resize: Literal["pad", "stretch"]
     channels: Literal["auto", "gray", "rgb"]
-    median_ksize: int = Field(ge=0, le=31)
+    median_ksize: int | str  # kernel side (0 or 1: off); auto: 3 when a train sample shows impulse noise, else off
     crop: CropParams
     max_pixels: int = Field(ge=1)  # larger images are reported and skipped (memory guard per worker)
     workers: int = Field(ge=0)  # 0: all cores
+
+    @field_validator("median_ksize", mode="before")
+    @classmethod
+    def _median(cls, value):
+        # One plain check instead of a Literal union, whose error names each branch of the union.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 31):
+            return value
+        raise ValueError("expected auto or a kernel side from 0 (off) to 31")
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -67,10 +86,9 @@ class PreprocessParams(Section):
 
 
 class DedupParams(Section):
-    threshold: float = Field(ge=0.0, le=1.0)  # shift-tolerant correlation above which two images are duplicates
+    threshold: Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]  # copy score (verify.py) above which two images are duplicates
     policy: Literal["weight", "representative"]
-    radius: int = Field(ge=0, le=32)  # Hamming radius of the 64-bit hash that makes a candidate pair
-    window: int = Field(ge=1, le=1024)  # neighbours compared in each sorted hash order (bounds crowded buckets)
+    neighbours: int = Field(ge=0, le=256)  # candidate pairs per image: nearest neighbours by the embedding
     max_shift: int = Field(ge=0, le=8)  # shifts (thumbnail pixels) tried when verifying a candidate
     min_std: float = Field(ge=0.0)  # thumbnails flatter than this (0..255 gray) are never near-duplicates
     sheet_clusters: int = Field(ge=0, le=100)  # clusters drawn on each contact sheet
@@ -120,6 +138,7 @@ class TrainParams(Section):
     # Folds.
     folds: int = Field(ge=2, le=50)
     fold: int | None = Field(ge=0)  # train only this fold (one job per GPU/node); None: all folds
+    full_fit: bool  # after the folds, one more model on every image for their median best epoch count (no OOF)
     # Optimisation.
     epochs: int = Field(ge=1)
     batch_size: int | Literal["auto"] = Field(description="global batch per micro-step, or auto (probe the device)")
@@ -148,12 +167,15 @@ class TrainParams(Section):
     mix_prob: float = Field(ge=0.0, le=1.0)  # probability a batch is mixed when mixup or cutmix is on
     mix_switch: float = Field(ge=0.0, le=1.0)  # with both on: probability a mixed batch uses cutmix rather than mixup
     mix_off_epochs: int = Field(ge=0)  # no mixing in the last N epochs (clean fine-tune)
-    ema: float = Field(ge=0.0, lt=1.0)  # EMA decay per optimiser step (0: off); validated and saved when on
+    mix_min_epochs: int = Field(ge=0)  # mixup/cutmix only in runs of at least this many epochs (0: always)
+    ema: float | str  # EMA decay per optimiser step (0: off); auto: from the run's optimiser steps (stages/train/recipe.py)
     ema_warmup: bool  # timm's warmup: decay = min(ema, 1 - (1 + step)^(-2/3)), so early weights fade fast
     ema_every: int = Field(ge=1)  # update the EMA every N steps with decay ema^N (same averaging horizon)
     # Imbalance and duplicates.
-    loss: Literal["ce", "focal"]
+    loss: Literal["ce", "focal", "asymmetric"]  # multi-label: ce is binary CE per class; asymmetric (ASL) is multi-label only
     focal_gamma: float = Field(ge=0.0)
+    asl_gamma_neg: float = Field(ge=0.0)  # asymmetric loss: focusing on negative tags (positive tags: none)
+    asl_clip: float = Field(ge=0.0, lt=1.0)  # asymmetric loss: negatives below this probability cost nothing
     class_weights: Literal["none", "balanced", "sqrt"]  # weights in the loss, from the training counts
     sampler: Literal["uniform", "balanced", "sqrt"]  # draw classes evenly (balanced) or by sqrt of counts
     dedup_weights: bool  # weigh each sample by its dedup weight (a duplicate cluster counts once)
@@ -184,13 +206,28 @@ class TrainParams(Section):
     checkpoint_every: int | Literal["auto"] = Field(description="epochs between last.pt writes, or auto")
     # Stopping, metrics.
     patience: int = Field(ge=0)  # stop a fold after N epochs without improvement (0: never)
-    metric: Literal["accuracy", "macro_f1", "log_loss"]  # selects the best checkpoint and reports cv
+    metric: str  # auto or a pipeline.metrics name: picks best.pt, stops early, reports cv
+    metric_beta: float = Field(gt=0.0)  # f_beta's beta (2: recall weighs more, like F2)
+    metric_average: Literal["samples", "macro"]  # multi-label f_beta: per image then mean, or per class then mean
     eval_batch_size: int = Field(ge=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value):
+        return check_metric(value)
+
     # Distributed (torchrun): one process per GPU, DDP.
     sync_bn: bool  # SyncBatchNorm across processes (CUDA only; BatchNorm statistics of the global batch)
     dist_timeout: float = Field(gt=0.0)  # seconds a collective waits for the other ranks before the run fails
     # Logs.
     tensorboard: bool  # TensorBoard event files per fold (needs the optional tensorboard package)
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _ema(cls, value):
+        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1):
+            return value if value == "auto" else float(value)
+        raise ValueError("expected auto, 0 (off) or a decay in (0, 1)")
 
     @field_validator("batch_size", "checkpoint_every")
     @classmethod
@@ -214,18 +251,33 @@ class PredictParams(Section):
     # greedy choice of the groups that improve tta_metric on out-of-fold images beyond noise.
     tta: str | list[str]
     tta_merge: Literal["auto", "mean_prob", "mean_logit", "geometric"]  # how views are merged
-    tta_metric: Literal["accuracy", "log_loss"]  # what auto TTA must improve (beyond noise) on OOF images
+    tta_metric: str  # what auto TTA must improve beyond noise on OOF images: auto (the train metric) or a metric name
     tta_shift: float = Field(gt=0.0, le=0.25)  # shift views move the image by this fraction of its side
     tta_scale: float = Field(gt=0.0, le=0.5)  # scale views zoom in by 1+s and out by 1/(1+s)
     tta_crop: float = Field(gt=0.3, lt=1.0)  # crops views keep this fraction of the side, resized back
     tta_oof_images: int = Field(ge=0)  # validation images used to measure TTA (0: all of them)
     runs: list[str]  # extra train output folders (other models) to ensemble with this workdir's train/
     weights: Literal["equal", "oof"]  # run weights: equal, or fitted on the runs' common OOF rows
-    leak_label: bool  # a test image clustered with labelled train images takes their label
+    leak_label: bool  # a test image clustered with labelled train images is pulled toward their label
+    leak_weight: float = Field(ge=0.0, le=1.0)  # blend weight toward the train labels (1 only for pixel-identical leaks)
     consistent_clusters: bool  # test images of one duplicate cluster get one (mean) prediction
     batch_size: int = Field(ge=1)  # images x views per forward pass
     device: Literal["auto", "cpu", "cuda"]
     amp: Literal["auto", "bf16", "fp16", "off"]  # autocast on CUDA, as train.amp; auto: bf16 where supported
+    top_k: int | None = Field(ge=1)  # answers per image; None: as many as the sample's label cells hold
+    thresholds: Literal["auto"] | float = Field(description="multi-label decision thresholds: auto (per class, fitted on OOF) or one value")
+
+    @field_validator("tta_metric")
+    @classmethod
+    def _tta_metric(cls, value):
+        return check_metric(value)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value):
+        if value != "auto" and not 0.0 < value < 1.0:
+            raise ValueError("expected auto or a number between 0 and 1")
+        return value
 
     @field_validator("tta")
     @classmethod
@@ -343,7 +395,7 @@ def validate(raw: dict) -> Params:
 
 def load_raw(path: Path) -> dict:
     if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (pass --params PATH)")
+        raise ParamsError(f"{path}: params file not found; write one with `pipeline init DATA_ROOT` (or pass --params PATH)")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

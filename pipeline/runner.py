@@ -213,7 +213,7 @@ def _train_side_deps(deps: tuple[str, ...]) -> tuple[str, ...]:
 HOW_NOT_WHAT = {
     "data": ("root",),
     "preprocess": ("workers",),
-    "train": ("fold", "workers", "device", "eval_batch_size", "dist_timeout", "log_every"),
+    "train": ("fold", "workers", "device", "eval_batch_size", "dist_timeout", "log_every", "checkpoint_every"),
     "predict": ("batch_size", "device"),
 }
 
@@ -490,6 +490,16 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, 
     return result
 
 
+def _fold_runs(out: Path) -> dict[str, dict]:
+    """How each finished fold ran, from its fold.json (train: the data path and the batch size chosen
+    once per run), so the lock says which engine produced the results."""
+    runs = {}
+    for fold in finished_folds(out):
+        record = read_json(out / f"fold{fold}" / "fold.json") if (out / f"fold{fold}" / "fold.json").is_file() else {}
+        runs[str(fold)] = {k: v for k, v in record.items() if k not in ("fold", "key")}
+    return runs
+
+
 def _write_lock(out: Path, stage: Stage, params: Params, deps: dict, code: dict, outs: dict, side: dict | None, started: str, t0: float) -> None:
     write_json(
         out / LOCK,
@@ -502,7 +512,7 @@ def _write_lock(out: Path, stage: Stage, params: Params, deps: dict, code: dict,
             "outs": outs,
             "outs_hash": hash_data({rel: rec["hash"] for rel, rec in outs.items()}),
             **({"sides": {TRAIN_SIDE: side}} if side is not None else {}),
-            **({"folds": finished_folds(out)} if stage.per_fold else {}),
+            **({"folds": finished_folds(out), "fold_runs": _fold_runs(out)} if stage.per_fold else {}),
             "version": __version__,
             "started": started,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -3,8 +3,12 @@
 Outputs, one folder per side (train depends on the train side alone; pipeline.runner):
   train/images.npy, test/images.npy   uint8 arrays (N, H, W, C), memory-mapped by train and predict
   train/index.csv, test/index.csv     id, split, label, row (into that side's array), path (relative to data.root)
-  train/classes.json                  the label vocabulary, in class-index order
-  train/report.json                   size, channel mode (chosen from the train images), counts, skipped files
+  train/classes.json                  the label vocabulary (multi-label: the tags), in class-index order
+  train/task.json                     the task kind, tag separator and answers per image (pipeline.tasks;
+                                      the sample's answer format is read with the train side: it picks
+                                      the metric train selects on, and a new test set keeps that format)
+  train/report.json                   size, channel mode, median/crop decisions with their measurements (all
+                                      chosen from the train images), counts, skipped files
   test/sample_submission.csv          the submission template (the competition's, or id,label)
   test/report.json                    test counts and skipped files
   report.json                         both sides together, for a person to read
@@ -13,30 +17,38 @@ train side's size and channels. When only the test set changed, the runner carri
 (paths.reused) and this stage builds the test side alone.
 
 Per image: decode -> channel mode -> median filter (salt-and-pepper noise) -> optional crop to the
-object (Canny edges -> contours -> box) -> resize (pad or stretch). Images are processed in worker
+object (Canny edges -> contours -> box) -> resize (pad or stretch). With median_ksize / crop.enabled
+`auto`, a fixed-seed sample of train images decides: the median filter runs only when the sample shows
+impulse noise (it erases fine texture and 1-pixel strokes on clean data), the crop only when the
+dominant-object box is small in most sampled images (objects in wide empty or noisy margins). Images are processed in worker
 processes and written straight into memory-mapped arrays, so the cache can be larger than RAM.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+from scipy.stats import trim_mean
 
 from pipeline.artifacts import read_json, write_csv, write_json
 from pipeline.cache import IMAGES
 from pipeline.console import track
 from pipeline.data import discover, discover_test
+from pipeline.tasks import present
 from pipeline.images import ImageError, is_gray, read_image
 from pipeline.params import Params, PreprocessParams
 
 from pipeline.params import CropParams
 
-PROBE_IMAGES = 128  # train images inspected to choose gray or rgb and the auto size
+PROBE_IMAGES = 128  # train images inspected (a fixed-seed sample) for gray/rgb, the auto size, median and crop
+PROBE_SEED = 0  # the sample depends on the data only, not on params.seed (which preprocess does not read)
+EDGE_MEDIAN_KSIZE = 3  # the crop's edge map is always median-filtered: impulse noise must not make edges
 SIZE_STEP = 32  # auto sizes are multiples of this (every timm network downsamples by 32)
 
 
@@ -54,17 +66,19 @@ def auto_size(sides: list[int], size_range: tuple[int, int]) -> int:
     return int(np.clip(int(np.ceil(median / SIZE_STEP)) * SIZE_STEP, lo, hi))
 
 
-def object_box(image: np.ndarray, c: CropParams) -> tuple[int, int, int, int] | None:
-    """(top, bottom, left, right) of the dominant object(s) with margin, or None when no trustworthy box.
+def object_bounds(image: np.ndarray, c: CropParams) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the dominant object(s), no margin, or None when no trustworthy box.
 
-    Canny on the gray image, dilated so broken outlines join, then external contours; contours whose box
-    is under min_area of the image are specks. The box is the union of the rest. No edges (uniform or
-    empty images), only specks, or a box under min_fraction of a side -> None (keep the whole image)."""
+    Canny on the gray image, median-filtered first so that salt-and-pepper noise (whether or not the
+    cached pixels are filtered) makes no edges, dilated so broken outlines join, then external contours;
+    contours whose box is under min_area of the image are specks. The box is the union of the rest. No
+    edges (uniform or empty images), only specks, or a box under min_fraction of a side -> None."""
     h, w = image.shape[:2]
     if h < 4 or w < 4:
         return None
     gray = image[:, :, 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    edges = cv2.Canny(np.ascontiguousarray(gray), c.canny_low, c.canny_high)
+    gray = cv2.medianBlur(np.ascontiguousarray(gray), EDGE_MEDIAN_KSIZE)
+    edges = cv2.Canny(gray, c.canny_low, c.canny_high)
     edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
     contours, _ = cv2.findContours(edges, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     boxes = [cv2.boundingRect(cnt) for cnt in contours]
@@ -77,8 +91,88 @@ def object_box(image: np.ndarray, c: CropParams) -> tuple[int, int, int, int] | 
     y1 = max(y + bh for _, y, _, bh in boxes)
     if (y1 - y0) < c.min_fraction * h or (x1 - x0) < c.min_fraction * w:
         return None
+    return y0, y1, x0, x1
+
+
+def object_box(image: np.ndarray, c: CropParams) -> tuple[int, int, int, int] | None:
+    """The object's bounds grown by `margin` of its side on every side (clipped to the image), or None."""
+    bounds = object_bounds(image, c)
+    if bounds is None:
+        return None
+    h, w = image.shape[:2]
+    y0, y1, x0, x1 = bounds
     my, mx = round(c.margin * (y1 - y0)), round(c.margin * (x1 - x0))
     return max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
+
+
+# Auto median filter: impulse (salt-and-pepper) noise is isolated pixels near black or white that stand
+# out from every one of their 8 neighbours. Thin strokes and edges have at least one similar neighbour,
+# so they do not count (a 3x3 median would erase 1-pixel strokes: exactly why it must not run on clean data).
+AUTO_MEDIAN_KSIZE = 3
+IMPULSE_EXTREME = 40  # an impulse lies within this of 0 or 255
+IMPULSE_CONTRAST = 100  # and differs from each of its 8 neighbours by at least this (of 255; 60 flags stroke corners of 8x8 digits)
+IMPULSE_SHARE = 0.001  # filter from 0.1% of pixels (1% salt-and-pepper measures about 0.6%, clean photos and digits 0)
+IMPULSE_TRIM = 0.1  # the level is the mean share over the sample with the top and bottom 10% of images left out:
+#   a few odd images (a star field, a dotted glyph) do not decide, and tiny images (8x8 digits, a few
+#   impulses each) still average to a stable level where a per-image median would flicker to 0
+# Auto crop: objects sit in wide empty (or noisy) margins when the dominant-object box is small, consistently.
+CROP_MEDIAN_AREA = 0.35  # median box area, as a fraction of the frame, at most this ("well under half")
+CROP_SMALL_AREA = 0.5  # and at least CROP_CONSISTENT of the sampled images have a box under half the frame
+CROP_CONSISTENT = 0.75
+
+
+def impulse_share(image: np.ndarray) -> float:
+    """Share of pixels (any channel) that are isolated extremes: near black or white and at least
+    IMPULSE_CONTRAST darker (pepper) or brighter (salt) than all 8 neighbours."""
+    if min(image.shape[:2]) < 3:
+        return 0.0
+    ring = np.ones((3, 3), np.uint8)
+    ring[1, 1] = 0
+    hits = np.zeros(image.shape[:2], bool)
+    for channel in range(image.shape[2]):
+        plane = np.ascontiguousarray(image[:, :, channel])
+        value = plane.astype(np.int16)
+        brightest = cv2.dilate(plane, ring).astype(np.int16)  # of the 8 neighbours
+        darkest = cv2.erode(plane, ring).astype(np.int16)
+        hits |= (value >= 255 - IMPULSE_EXTREME) & (value - brightest >= IMPULSE_CONTRAST)
+        hits |= (value <= IMPULSE_EXTREME) & (darkest - value >= IMPULSE_CONTRAST)
+    return float(hits.mean())
+
+
+def box_area(image: np.ndarray, c: CropParams) -> float:
+    """Area of the dominant-object box as a fraction of the frame (1.0 when there is no trustworthy box)."""
+    bounds = object_bounds(image, c)
+    if bounds is None:
+        return 1.0
+    y0, y1, x0, x1 = bounds
+    return (y1 - y0) * (x1 - x0) / (image.shape[0] * image.shape[1])
+
+
+def decide_median(p: PreprocessParams, shares: list[float]) -> tuple[int, str]:
+    """The median kernel to use and why: a number in params is used as is; auto filters when the
+    sampled train images' (trimmed mean) impulse share reaches IMPULSE_SHARE."""
+    if p.median_ksize != "auto":
+        return p.median_ksize, "params"
+    level = float(trim_mean(shares, IMPULSE_TRIM)) if shares else 0.0
+    noisy = level >= IMPULSE_SHARE
+    why = (f"auto: impulse noise {level:.2%} of pixels ({IMPULSE_TRIM:.0%}-trimmed mean of {len(shares)} sampled train images), "
+           f"{'at or above' if noisy else 'under'} {IMPULSE_SHARE:.1%}")
+    return (AUTO_MEDIAN_KSIZE if noisy else 0), why
+
+
+def decide_crop(p: PreprocessParams, areas: list[float]) -> tuple[bool, str]:
+    """Crop or not, and why: true/false in params is used as is; auto crops when the sampled train
+    images' dominant-object box covers at most CROP_MEDIAN_AREA of the frame (median) and under half
+    of it in at least CROP_CONSISTENT of them."""
+    if p.crop.enabled != "auto":
+        return p.crop.enabled, "params"
+    if not areas:
+        return False, "auto: no train image could be sampled"
+    median, small = float(np.median(areas)), float(np.mean(np.array(areas) < CROP_SMALL_AREA))
+    crop = median <= CROP_MEDIAN_AREA and small >= CROP_CONSISTENT
+    why = (f"auto: object box median {median:.0%} of the frame, under half of it in {small:.0%} of "
+           f"{len(areas)} sampled train images ({'objects in wide margins' if crop else f'needs <= {CROP_MEDIAN_AREA:.0%} and >= {CROP_CONSISTENT:.0%}'})")
+    return crop, why
 
 
 def crop_to_object(image: np.ndarray, c: CropParams) -> np.ndarray:
@@ -109,7 +203,7 @@ def process(image: np.ndarray, p: PreprocessParams, channels: int, hw: tuple[int
         image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
     elif channels == 3 and image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
-    if p.median_ksize > 1:
+    if p.median_ksize > 1:  # run() has replaced "auto" by the kernel it chose
         k = p.median_ksize | 1  # OpenCV needs an odd kernel
         if min(image.shape[:2]) >= 2:  # OpenCV's median needs at least 2 pixels per side
             image = cv2.medianBlur(np.ascontiguousarray(image), k).reshape(image.shape)
@@ -152,18 +246,32 @@ def _load_one(args: tuple[str, PreprocessParams, int, tuple[int, int]]) -> tuple
         return None, f"unexpected {type(exc).__name__}: {exc}"
 
 
-def probe(paths: list[str], max_pixels: int) -> tuple[bool, list[int]]:
-    """Decode up to PROBE_IMAGES train images spread over the list: (all gray?, their longer sides)."""
-    step = max(1, len(paths) // PROBE_IMAGES)
-    gray, sides = True, []
-    for path in paths[::step][:PROBE_IMAGES]:
+@dataclass
+class Sample:
+    """What a fixed-seed sample of train images says about the data."""
+
+    gray: bool = True  # every sampled image is gray (or RGB with equal channels)
+    sides: list[int] = field(default_factory=list)  # longer sides
+    impulse: list[float] = field(default_factory=list)  # impulse-noise share per image (median auto)
+    box_areas: list[float] = field(default_factory=list)  # object box area / frame per image (crop auto)
+
+
+def probe(paths: list[str], p: PreprocessParams) -> Sample:
+    """Decode a fixed-seed sample of up to PROBE_IMAGES train images and measure them."""
+    chosen = np.random.default_rng(PROBE_SEED).permutation(len(paths))[:PROBE_IMAGES]
+    found = Sample()
+    for k in sorted(chosen):
         try:
-            image = read_checked(Path(path), max_pixels)
+            image = read_checked(Path(paths[k]), p.max_pixels)
         except Exception:  # noqa: BLE001 - any bad file is reported when its split is cached
             continue
-        gray = gray and is_gray(image)
-        sides.append(max(image.shape[:2]))
-    return gray, sides
+        found.gray = found.gray and is_gray(image)
+        found.sides.append(max(image.shape[:2]))
+        if p.median_ksize == "auto":
+            found.impulse.append(impulse_share(image))
+        if p.crop.enabled == "auto":
+            found.box_areas.append(box_area(image, p.crop))
+    return found
 
 
 def choose_channels(mode: str, all_gray: bool) -> int:
@@ -201,23 +309,35 @@ def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dic
     """The train side, from train/ and train.csv alone: the cache geometry (size, channels) is chosen
     here from the training images, and the test side follows it. Returns the train report."""
     p = params.preprocess
-    data = discover(root, params.data.id_column, params.data.label_column)
+    d = params.data
+    data = discover(root, d.id_column, d.label_column, d.task, d.tag_separator, d.class_order)
     train = data.manifest[data.manifest.split == "train"].reset_index(drop=True)
-    all_gray, sides = probe(list(train.path), p.max_pixels)
-    channels = choose_channels(p.channels, all_gray)
+    sample = probe(list(train.path), p)
+    sides = sample.sides
+    channels = choose_channels(p.channels, sample.gray)
+    median_ksize, median_from = decide_median(p, sample.impulse)
+    crop, crop_from = decide_crop(p, sample.box_areas)
+    p = decided(p, median_ksize, crop)
     hw = target_hw(auto_size(sides, p.size_range) if p.size == "auto" else p.size)
     size_from = f"auto (median train side {int(np.median(sides)) if sides else '?'} px)" if p.size == "auto" else "params"
     index, failures = _cache_split(train, out, "train", p, channels, hw, workers, root)
-    classes = [c for c in data.classes if c in set(index.label)]
+    classes = present(data.classes, index.label, data.task)
     write_csv(out / "index.csv", index)
     write_json(out / "classes.json", classes)
+    write_json(out / "task.json", data.task.as_json())
     report = {
         "layout": data.layout,
+        "task": f"{data.task.kind} ({data.task.why})" + (f", {data.task.top_k} answers per image" if data.task.top_k > 1 else ""),
         "id_column": data.id_column,
         "label_column": data.label_column,
         "size": list(hw),
         "size_from": size_from,
-        "crop": p.crop.enabled,
+        "median_ksize": median_ksize,
+        "median_from": median_from,
+        "crop": crop,
+        "crop_from": crop_from,
+        "impulse_share": sample_stats(sample.impulse),
+        "object_box_area": sample_stats(sample.box_areas),
         "channels": channels,
         "classes": len(classes),
         "train_images": len(index),
@@ -231,7 +351,8 @@ def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dic
 def build_test_side(params: Params, root: Path, out: Path, train: dict, workers: int) -> dict:
     """The test side, from test/ and sample_submission.csv alone, at the train side's size and channels."""
     test, sample = discover_test(root, train["id_column"], train["label_column"])
-    index, failures = _cache_split(test, out, "test", params.preprocess, train["channels"], tuple(train["size"]), workers, root)
+    p = decided(params.preprocess, train["median_ksize"], train["crop"])  # the train side's decisions, never the test set's
+    index, failures = _cache_split(test, out, "test", p, train["channels"], tuple(train["size"]), workers, root)
     write_csv(out / "index.csv", index)
     write_csv(out / "sample_submission.csv", sample)
     report = {"test_images": len(index), "skipped": len(failures), "failures": failures}
@@ -255,4 +376,17 @@ def run(params: Params, paths) -> dict:
         "failures": train["failures"] + test["failures"],
     }
     write_json(paths.out / "report.json", report)  # both sides, for a person to read
-    return {k: v for k, v in report.items() if k not in ("failures", "id_column", "label_column")}
+    return {k: v for k, v in report.items() if k not in ("failures", "id_column", "label_column", "impulse_share", "object_box_area")}
+
+
+def decided(p: PreprocessParams, median_ksize: int, crop: bool) -> PreprocessParams:
+    """The preprocess params with "auto" replaced by what the train side decided."""
+    return p.model_copy(update={"median_ksize": median_ksize, "crop": p.crop.model_copy(update={"enabled": crop})})
+
+
+def sample_stats(values: list[float]) -> dict | None:
+    """Quartiles of a per-image measurement over the sample (None when it was not measured)."""
+    if not values:
+        return None
+    q = np.quantile(values, [0.25, 0.5, 0.75])
+    return {"images": len(values), "p25": round(float(q[0]), 5), "median": round(float(q[1]), 5), "p75": round(float(q[2]), 5)}

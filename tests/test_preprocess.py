@@ -47,7 +47,7 @@ def test_crop_finds_known_object(make_params):
 @pytest.mark.parametrize("image", [np.zeros((50, 50, 1), np.uint8), np.full((50, 50, 3), 77, np.uint8),
                                    np.zeros((1, 1, 1), np.uint8), np.full((3, 200, 1), 9, np.uint8)])
 def test_crop_falls_back_to_whole_image(make_params, image):
-    p = make_params("preprocess.crop.enabled=true", "preprocess.size=16").preprocess
+    p = make_params("preprocess.crop.enabled=true", "preprocess.median_ksize=0", "preprocess.size=16").preprocess
     assert preprocess.object_box(image, p.crop) is None
     assert preprocess.process(image, p, image.shape[2], (16, 16)).shape == (16, 16, image.shape[2])
 

@@ -33,7 +33,7 @@ def test_a_stage_is_missing_then_fresh_then_stale_with_the_reason(tiny, tmp_path
     assert set(lock) >= {"params", "deps", "outs", "outs_hash", "version", "started", "finished"}
     assert (wd / "preprocess" / "params.yaml").is_file()  # resolved params beside the outputs
     state, why = stage_status(stage, tiny("preprocess.median_ksize=5"), wd)
-    assert state == "stale" and "preprocess.median_ksize (3 -> 5)" in why
+    assert state == "stale" and "preprocess.median_ksize ('auto' -> 5)" in why
 
 
 def test_changed_inputs_and_touched_outputs_make_a_stage_stale(tiny, kaggle_dir, tmp_path):

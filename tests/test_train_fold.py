@@ -68,6 +68,8 @@ def test_oof_covers_every_train_id_once_and_is_deterministic(inputs, tmp_path):
     ckpt = torch.load(tmp_path / "a" / "fold0" / "best.pt", weights_only=False)
     for key in ("model", "classes", "in_chans", "norm", "params", "fold", "epoch", "metric", "state_dict", "ema_state_dict"):
         assert key in ckpt
+    record = json.loads((tmp_path / "a" / "fold0" / "fold.json").read_text())
+    assert record["data_path"] == "loader" and record["batch_size"] == 16  # decided once per run, recorded per fold
     cv = json.loads((tmp_path / "a" / "cv.json").read_text())
     assert set(cv["per_fold"]) == {"0", "1", "2"}
     for name in ("fold0/metrics.csv", "fold0/curves.png", "fold0/lr_schedule.png", "confusion.png"):

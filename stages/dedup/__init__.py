@@ -1,15 +1,19 @@
 """dedup: find exact and near-duplicate images, cluster them, weight each cluster as one sample.
 
-1. Exact duplicates: identical cached pixels (content hash).
-2. Near duplicates (re-encoded, shifted 1-2 px, brighter/darker, resized): every image gets a centred,
-   z-scored 32x32 gray thumbnail and a 64-bit DCT hash (signatures.py); pairs of hashes within
-   `dedup.radius` are found by sorted neighbourhoods under bit rotations (search.py, sub-quadratic);
-   each candidate is verified by the thumbnails' correlation maximised over shifts up to
-   `dedup.max_shift` (verify.py), kept when >= `dedup.threshold`. The hash alone is not trusted: on
-   small gray images (digits) it puts thousands of distinct items within any useful radius.
+1. Exact duplicates: identical cached pixels (content hash); they score 1.
+2. Near duplicates (re-shot, shifted, re-lit, re-encoded, resized, blurred): every image gets
+   signatures (signatures.py: a z-scored 32x32 gray thumbnail, a chroma thumbnail for colour data,
+   and a shift-tolerant Fourier-magnitude embedding); each image's `dedup.neighbours` nearest
+   neighbours by the embedding are the candidates (search.py, sub-quadratic above 20k images); each
+   candidate is aligned and scored (verify.py: worst local structural similarity after sub-pixel
+   alignment and blur matching, and colour), kept when >= `dedup.threshold` (auto: calibrate.py).
    Near-uniform thumbnails (std < `dedup.min_std`) are left out of step 2: they all look alike.
-3. Union-find turns the pairs into clusters (connected components); each cluster's weakest accepted
-   link is reported so chaining is visible.
+3. Union-find turns the pairs into clusters (connected components), strongest links first; each
+   cluster's weakest spanning link is reported so chaining is visible.
+
+`score_pairs` is the pair-scoring API (pairs of indices with a copy score, all candidates); the stage
+keeps those over the threshold. The test side uses the
+threshold the train side decided.
 
 Train depends on the training data only (pipeline.runner), so the clusters are built in two sides:
   train/  train clusters and weights from train<->train links alone (a test image never changes a
@@ -33,11 +37,12 @@ from pipeline.artifacts import read_json, write_csv, write_json
 from pipeline.cache import read_arrays, read_clusters, read_index
 from pipeline.console import console, track
 from pipeline.params import DedupParams, Params
+from stages.dedup.calibrate import auto_threshold
 from stages.dedup.report import assign_weights, report_clusters
-from stages.dedup.search import hash_pairs
+from stages.dedup.search import neighbour_pairs
 from stages.dedup.sheet import contact_sheet
 from stages.dedup.signatures import signatures
-from stages.dedup.verify import shift_correlation
+from stages.dedup.verify import pair_scores
 from stages.dedup.union_find import UnionFind
 
 COLUMNS = ["id", "split", "cluster", "is_representative", "weight"]
@@ -72,42 +77,68 @@ def exact_pairs(images, total: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(a, np.int64), np.array(b, np.int64)
 
 
-def near_pairs(thumbs: np.ndarray, stds: np.ndarray, hashes: np.ndarray, d: DedupParams, skip: np.ndarray):
-    """Verified near-duplicate pairs (i, j, score) among the non-flat images, plus the candidate count.
-    `skip` marks exact copies: their first occurrence stands for them, so ten thousand copies of one
-    picture cost one search entry, not ten thousand."""
-    keep = np.flatnonzero((stds >= d.min_std) & ~skip)
-    ci, cj, _ = hash_pairs(hashes[keep], d.radius, d.window)
-    ci, cj = keep[ci], keep[cj]
-    scores = shift_correlation(thumbs, ci, cj, d.max_shift)
-    ok = scores >= d.threshold
-    return ci[ok], cj[ok], scores[ok], len(ci)
+def exact_of(n: int, first: np.ndarray, copy: np.ndarray) -> np.ndarray:
+    """For every image, the first image with the very same pixels (itself when it has none)."""
+    out = np.arange(n)
+    out[copy] = first
+    return out
 
 
-def find_links(images, d: DedupParams) -> dict:
-    """Images (a sequence of uint8 HxWxC arrays, all the same size) -> every accepted duplicate link
-    (a, b, score: 1 for exact copies) and the counts behind them."""
+def score_pairs(images, d: DedupParams, progress=track) -> dict:
+    """Every candidate pair of `images` (a sequence of uint8 HxWxC arrays, all the same size) with its
+    copy score: exact copies (identical pixels) score 1; the others are each non-flat image's
+    `d.neighbours` nearest neighbours by the shift-tolerant embedding, verified (verify.py).
+    Returns {"i", "j", "score"} (i < j, all candidates, also those under the threshold) plus counts.
+    The caller keeps the pairs with score >= d.threshold."""
     n = len(images)
     ea, eb = exact_pairs(iter(images), n)
-    thumbs, stds, hashes = signatures(iter(images), n, track)
-    na, nb, scores, candidates = near_pairs(thumbs, stds, hashes, d, skip=np.isin(np.arange(n), eb))
+    channels = np.asarray(images[0]).shape[2] if n else 1
+    sig = signatures(iter(images), n, colour=channels == 3, progress=progress)
+    # exact copies are searched once, through their first occurrence; flat images not at all
+    keep = np.flatnonzero((sig.stds >= d.min_std) & ~np.isin(np.arange(n), eb))
+    ci, cj, _ = neighbour_pairs(sig.embedding[keep], d.neighbours, progress)
+    ci, cj = keep[ci], keep[cj]
+    verified = pair_scores(sig.thumbs, ci, cj, d.max_shift, sig.chroma, progress)
     return {
-        "a": np.r_[ea, na].astype(np.int64),
-        "b": np.r_[eb, nb].astype(np.int64),
-        "link": np.r_[np.ones(len(ea), np.float32), scores],
-        "exact_pairs": int(len(ea)),
-        "candidate_pairs": int(candidates),
-        "near_pairs": int(len(na)),
-        "flat_images": int((stds < d.min_std).sum()),
+        "i": np.r_[ea, ci], "j": np.r_[eb, cj], "score": np.r_[np.ones(len(ea), np.float32), verified["score"]],
+        "exact_pairs": int(len(ea)), "candidate_pairs": int(len(ci)), "exact_of": exact_of(n, ea, eb),
+        "flat_images": int((sig.stds < d.min_std).sum()),
+    }
+
+
+def find_links(images, d: DedupParams, threshold: float | None = None) -> dict:
+    """Images -> every accepted duplicate link (a, b, score: 1 for exact copies), all scored pairs,
+    the threshold used and why, and the counts behind them. `threshold`: a value decided before (the
+    train side's); None: `d.threshold`, or from these images' own look-alike level when it is auto."""
+    scored = score_pairs(images, d)
+    if threshold is not None:
+        why = f"{threshold} (decided on the train side)"
+    elif d.threshold == "auto":
+        threshold, why = auto_threshold(scored["i"], scored["j"], scored["score"], len(images))
+    else:
+        threshold, why = d.threshold, "set in params"
+    ok = scored["score"] >= threshold
+    return {
+        "a": scored["i"][ok].astype(np.int64),
+        "b": scored["j"][ok].astype(np.int64),
+        "link": scored["score"][ok],
+        "pairs": (scored["i"], scored["j"], scored["score"]),
+        "threshold": float(threshold),
+        "threshold_reason": why,
+        "exact_of": scored["exact_of"],
+        "exact_pairs": scored["exact_pairs"],
+        "candidate_pairs": scored["candidate_pairs"],
+        "near_pairs": int(ok.sum()) - scored["exact_pairs"],
+        "flat_images": scored["flat_images"],
     }
 
 
 def find_duplicates(images, d: DedupParams) -> dict:
-    """Images -> cluster number per image, weakest link per cluster, and the counts behind them: every
-    link counts (the train side's clustering; used by the stage and by the benchmarks)."""
+    """Images -> cluster number per image, weakest link per cluster, and find_links' outputs.
+    Used by the train side and by the benchmarks."""
     found = find_links(images, d)
-    cluster, weakest = cluster_links(len(images), found.pop("a"), found.pop("b"), found.pop("link"))
-    return {"cluster": cluster, "weakest": weakest, **found}
+    cluster, weakest = cluster_links(len(images), found["a"], found["b"], found["link"])
+    return {**found, "cluster": cluster, "weakest": weakest}
 
 
 def cluster_links(n: int, a: np.ndarray, b: np.ndarray, link: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
@@ -158,7 +189,7 @@ def build_train_side(index: pd.DataFrame, arrays, d: DedupParams, out) -> tuple[
     train = index[index.split == "train"].reset_index(drop=True)
     found = find_duplicates(CacheRows(arrays, train), d)
     clusters = assign_weights(train[["id", "split", "label"]].assign(cluster=found["cluster"]), d.policy)
-    report = {k: found[k] for k in ("exact_pairs", "candidate_pairs", "near_pairs", "flat_images")}
+    report = {k: found[k] for k in ("exact_pairs", "candidate_pairs", "near_pairs", "flat_images", "threshold", "threshold_reason")}
     report.update({k: v for k, v in report_clusters(clusters, found["weakest"], d.sheet_clusters).items() if "leak" not in k})
     report["weakest_links"] = {str(c): v for c, v in found["weakest"].items()}  # the test side reports with them
     write_csv(out / "clusters.csv", clusters[COLUMNS])
@@ -166,10 +197,12 @@ def build_train_side(index: pd.DataFrame, arrays, d: DedupParams, out) -> tuple[
     return clusters, report
 
 
-def build_test_side(index: pd.DataFrame, images, train: pd.DataFrame, d: DedupParams, out) -> tuple[pd.DataFrame, dict, dict]:
-    """Test images attached to the train clusters (leaks) or in test-only clusters (test/clusters.csv)."""
+def build_test_side(index: pd.DataFrame, images, train: pd.DataFrame, d: DedupParams, out,
+                    threshold: float | None = None) -> tuple[pd.DataFrame, dict, dict]:
+    """Test images attached to the train clusters (leaks) or in test-only clusters (test/clusters.csv),
+    with links kept at the train side's threshold."""
     test = index[index.split == "test"].reset_index(drop=True)
-    found = find_links(images, d)
+    found = find_links(images, d, threshold)
     cluster, score, weakest, ambiguous = attach_test(train.cluster.to_numpy(np.int64), len(test), found["a"], found["b"], found["link"])
     clusters = test[["id", "split", "label"]].assign(cluster=cluster, is_representative=False, weight=0.0)
     new = ~clusters.cluster.isin(set(train.cluster))
@@ -196,22 +229,28 @@ def run(params: Params, paths) -> dict:
     else:
         train, train_report = build_train_side(index, arrays, d, out / "train")
     images = CacheRows(arrays, index)
-    test, test_report, found = build_test_side(index, images, train, d, out / "test")
+    test, test_report, found = build_test_side(index, images, train, d, out / "test", train_report.get("threshold"))
 
     labels = index[index.split == "train"][["id", "label"]]
     clusters = pd.concat([labels.merge(train[COLUMNS], on="id", how="left"), test], ignore_index=True)
     weakest = {int(c): v for c, v in train_report["weakest_links"].items()} | found["weakest"]
     links = found["links"]
+    ids = index.id.to_numpy()
+    clusters["exact_of"] = clusters.id.map(pd.Series(ids[links["exact_of"]], index=ids))  # pixel-identical leaks
     report = {
         "exact_pairs": links["exact_pairs"],
         "candidate_pairs": links["candidate_pairs"],
         "near_pairs": links["near_pairs"],
         "flat_images": links["flat_images"],
+        "threshold": links["threshold"],
+        "threshold_reason": train_report.get("threshold_reason", links["threshold_reason"]),
         "train_side": "carried over (unchanged)" if paths.reused else "built",
         **report_clusters(clusters, weakest, d.sheet_clusters),
     }
     write_json(out / "report.json", report)  # both sides, for a person to read
-    contact_sheet(out / "contact_sheet.png", clusters, images, report, d.sheet_clusters)
+    position = pd.Series(np.arange(len(clusters)), index=clusters.id)[ids].to_numpy()  # index order -> sheet rows
+    accepted = (position[links["a"]], position[links["b"]], links["link"])
+    contact_sheet(out / "contact_sheet.png", clusters, images, report, d.sheet_clusters, accepted)
     if report["label_conflicts"] or report["train_test_leaks"]:
         console.print(f"[yellow]dedup:[/] {len(report['label_conflicts'])} label conflicts, "
                       f"{len(report['train_test_leaks'])} test images leak from train (see report.json)")

@@ -47,8 +47,12 @@ def report_clusters(clusters: pd.DataFrame, weakest: dict, top: int) -> dict:
         if len(labels) > 1
     ]
     test = clusters[(clusters.split == "test") & clusters.cluster.isin(train_labels.index)]
+    # pixel-identical to a train image of its cluster: predict may then use the train label as it is
+    identical = set(zip(train.cluster, train.exact_of)) if "exact_of" in clusters else set()
     leaks = [
-        {"test_id": row.id, "train_ids": train_ids[row.cluster][:LISTED_IDS], "labels": train_labels[row.cluster]}
+        {"test_id": row.id, "train_ids": train_ids[row.cluster][:LISTED_IDS], "labels": train_labels[row.cluster],
+         "exact": (row.cluster, getattr(row, "exact_of", None)) in identical,
+         "weakest_link": round(float(weakest.get(row.cluster, 1.0)), 4)}
         for row in test.itertuples()
     ]
     return {

@@ -1,10 +1,19 @@
-"""Verify candidate pairs: Pearson correlation of two thumbnails, maximised over small shifts.
+"""Verify candidate pairs: is B a copy of A (re-shot, re-encoded, resized, re-lit) or another item?
 
-For each pair (a, b) and each shift (dy, dx) with |dy|, |dx| <= max_shift, the correlation is taken
-over the overlapping region only (no padding bias), so a copy shifted by a pixel or two still scores
-close to 1. Brightness and contrast changes do not move a correlation; a different image of the same
-kind (two handwritten 3s) stays clearly lower. All shifts of a batch of pairs are one grouped
-convolution in torch (each pair's first thumbnail is its own kernel), so this is fast on a CPU.
+Both thumbnails are gray, THUMB x THUMB, z-scored (signatures.py), at about the cache's native
+detail. For a batch of pairs, all in torch:
+
+1. Align. The overlap-normalised cross-correlation of the lightly blurred thumbnails over every
+   integer shift up to `max_shift`, the
+   best shift refined to sub-pixel by a parabola through the peak and its neighbours, then B resampled
+   (bicubic) onto A's grid. Brightness and contrast are absorbed by the z-scoring and by comparing
+   correlations, never raw differences.
+2. Compare where both images have content, at the fine scale, window by window. In each 8 x 8
+   window (stride 4) of the aligned pair, the structural term of SSIM, (2 cov + c) / (var_a + var_b + c)
+   with c a small fraction of the image variance, is near 1 for a copy (JPEG noise and resampling blur
+   barely move it) and drops where the two differ: another texture in the same silhouette, one changed
+   detail, another small object on a shared background. The score is the lowest window: a copy must
+   match everywhere, so one differing detail is enough to refuse.
 """
 
 from __future__ import annotations
@@ -13,81 +22,191 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-BATCH = 8192  # pairs per grouped convolution
+BATCH = 4096  # pairs per grouped convolution
+ALIGN_BLUR = 1.0  # thumbnail pixels of Gaussian blur for the alignment search only
+WINDOW, STRIDE = 8, 4  # local comparison windows (thumbnail pixels)
+FLAT = 0.05  # SSIM's stabiliser c, as a fraction of the (unit) image variance: windows flatter than this match
 
 
-def window_sums(thumbs: np.ndarray, s: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """For every thumbnail and shift index (y, x) in 0..2s: the sum and the sum of squares over the
-    region of it that overlaps its partner when it is the moved image B, i.e. rows
-    [max(0, y-s), min(t, t+y-s)) and the same for columns. Box sums from integral images, computed
-    once per image (not per pair): (N, 2s+1, 2s+1) float32 each."""
-    n, t = len(thumbs), thumbs.shape[-1]
-    shifts = np.arange(2 * s + 1) - s
-    lo, hi = np.maximum(0, shifts), np.minimum(t, t + shifts)
-    sums = np.zeros((n, 2 * s + 1, 2 * s + 1), np.float32)
-    squares = np.zeros_like(sums)
-    for start in range(0, n, chunk):
-        block = thumbs[start : start + chunk].astype(np.float64)
-        for out, values in ((sums, block), (squares, block * block)):
-            integral = np.zeros((len(block), t + 1, t + 1))
-            integral[:, 1:, 1:] = values.cumsum(1).cumsum(2)
-            box = (integral[:, hi][:, :, hi] - integral[:, lo][:, :, hi] - integral[:, hi][:, :, lo] + integral[:, lo][:, :, lo])
-            out[start : start + chunk] = box
-    return sums, squares
+def blur_matrix(t: int, sigma: float) -> torch.Tensor:
+    """(t, t) matrix M with M @ x = x blurred along its first axis by a Gaussian (borders reflected):
+    a batch of thumbnails is blurred by two matrix products, far faster than a tiny convolution."""
+    radius = max(1, int(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1)
+    weights = torch.exp(-(offsets.float() ** 2) / (2 * sigma**2))
+    weights = weights / weights.sum()
+    m = torch.zeros(t, t)
+    rows = torch.arange(t)
+    for o, w in zip(offsets.tolist(), weights.tolist()):
+        cols = rows + o
+        cols = torch.where(cols < 0, -cols - 1, torch.where(cols >= t, 2 * t - cols - 1, cols))  # reflect
+        m.index_put_((rows, cols.clamp(0, t - 1)), torch.full((t,), w), accumulate=True)
+    return m
 
 
-def shift_correlation(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, max_shift: int) -> np.ndarray:
-    """Max over shifts of the overlap correlation of thumbs[i] and thumbs[j], for each pair (float32).
-    thumbs may be float16 (half the memory at a million images); the maths is float32, batch by batch."""
-    s, t = max_shift, thumbs.shape[-1]
-    scores = np.zeros(len(i), np.float32)
-    if len(i) == 0:
-        return scores
-    used = np.unique(np.concatenate([i, j]))  # window sums only for images in some pair
-    slot = np.zeros(len(thumbs), np.int64)
-    slot[used] = np.arange(len(used))
-    sums, squares = (torch.from_numpy(a) for a in window_sums(thumbs[used], s))
-    offsets = torch.arange(2 * s + 1) - s
-    count = ((t - offsets.abs())[:, None] * (t - offsets.abs())[None, :]).to(torch.float32)
-    with torch.no_grad():
-        for lo in range(0, len(i), BATCH):
-            ia, jb = i[lo : lo + BATCH], j[lo : lo + BATCH]
-            a = torch.from_numpy(thumbs[ia].astype(np.float32))  # (P, t, t), each pair's own kernel
-            moved = np.zeros((1, len(jb), t + 2 * s, t + 2 * s), np.float32)  # B, zero-padded by s
-            moved[0, :, s : s + t, s : s + t] = thumbs[jb]
-            cross = F.conv2d(torch.from_numpy(moved), a[:, None], groups=len(ia))[0]  # (P, 2s+1, 2s+1)
-            sb, qb = sums[slot[jb]], squares[slot[jb]]
-            # A's overlap region for shift (y, x) is its own region for the opposite shift.
-            sa, qa = sums[slot[ia]].flip(-1).flip(-2), squares[slot[ia]].flip(-1).flip(-2)
-            cov = cross - sa * sb / count
-            var_a = (qa - sa * sa / count).clamp_min(1e-6)
-            var_b = (qb - sb * sb / count).clamp_min(1e-6)
-            corr = cov / torch.sqrt(var_a * var_b)
-            scores[lo : lo + len(ia)] = subpixel_peak(corr).numpy()
-    return np.minimum(scores, 1.0)
+def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(P, t, t) -> the same, Gaussian-blurred with reflected borders."""
+    m = blur_matrix(images.shape[-1], sigma)
+    return m @ images @ m.T
 
 
-def subpixel_peak(corr: torch.Tensor) -> torch.Tensor:
-    """Max of each (P, k, k) correlation surface, refined to sub-pixel: a copy shifted by half a pixel
-    peaks between two integer shifts. Near its top a correlation peak is close to a Gaussian, so a
-    parabola is fitted to the logs of the peak and its two neighbours on each axis (the classic
-    three-point Gaussian peak fit); a peak on the edge of the shift window or with a non-positive
-    neighbour is left as it is."""
-    p, k, _ = corr.shape
-    flat = corr.flatten(1).argmax(1)
+def box_sums(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Sum of x over the rows [max(0, y-s), min(t, t+y-s)) and the same columns, for y, x in 0..2s:
+    (P, 2s+1, 2s+1), from cumulative sums (rows first, then columns)."""
+    t = x.shape[-1]
+    shifts = torch.arange(2 * s + 1) - s
+    lo, hi = shifts.clamp_min(0), (t + shifts).clamp_max(t)
+    rows = F.pad(x.cumsum(1), (0, 0, 1, 0))
+    rows = rows[:, hi] - rows[:, lo]  # (P, 2s+1, t)
+    cols = F.pad(rows.cumsum(2), (1, 0))
+    return cols[:, :, hi] - cols[:, :, lo]
+
+
+def shift_surface(a: torch.Tensor, b: torch.Tensor, s: int) -> torch.Tensor:
+    """Overlap-normalised correlation of a and b for every shift (dy, dx) in [-s, s]^2: (P, 2s+1, 2s+1).
+    Entry (y, x) compares a[r, c] with b[r + y - s, c + x - s]; the cross terms of all shifts come from
+    one FFT product (zero padding by s keeps them from wrapping around; half the CPU time of
+    (2s+1)^2 shifted multiply-adds)."""
+    t = a.shape[-1]
+    n = (t + s + 3) // 4 * 4  # FFT sizes with small factors are the fast ones
+    spectrum = torch.fft.rfft2(b, s=(n, n)) * torch.conj(torch.fft.rfft2(a, s=(n, n)))
+    full = torch.fft.irfft2(spectrum, s=(n, n))  # full[u, v] = sum a[r, c] b[r + u, c + v] (mod n)
+    index = (torch.arange(2 * s + 1) - s) % n
+    cross = full[:, index][:, :, index]
+    shifts = (torch.arange(2 * s + 1) - s).abs()
+    count = ((t - shifts)[:, None] * (t - shifts)[None, :]).float()
+    sum_b, sq_b = box_sums(b, s), box_sums(b * b, s)
+    sum_a, sq_a = box_sums(a, s).flip(-1).flip(-2), box_sums(a * a, s).flip(-1).flip(-2)
+    cov = cross - sum_a * sum_b / count
+    var_a = (sq_a - sum_a**2 / count).clamp_min(1e-6)
+    var_b = (sq_b - sum_b**2 / count).clamp_min(1e-6)
+    return cov / torch.sqrt(var_a * var_b)
+
+
+def peak_offset(surface: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-pixel position (dy, dx) of each surface's maximum, in shift units (parabola fit per axis)."""
+    p, k, _ = surface.shape
+    flat = surface.flatten(1).argmax(1)
     y, x = flat // k, flat % k
     rows = torch.arange(p)
-    peak = corr[rows, y, x]
-    log_peak = torch.log(peak.clamp_min(1e-6))
-    refined = log_peak.clone()
-    for axis in (0, 1):
-        pos = y if axis == 0 else x
+    peak = surface[rows, y, x]
+    out = []
+    for pos, axis in ((y, 0), (x, 1)):
         lo, hi = (pos - 1).clamp(0, k - 1), (pos + 1).clamp(0, k - 1)
-        before = corr[rows, lo, x] if axis == 0 else corr[rows, y, lo]
-        after = corr[rows, hi, x] if axis == 0 else corr[rows, y, hi]
-        log_before, log_after = torch.log(before.clamp_min(1e-6)), torch.log(after.clamp_min(1e-6))
-        curvature = log_before - 2 * log_peak + log_after
-        gain = (log_before - log_after) ** 2 / (-8 * curvature).clamp_min(1e-9)
-        usable = (pos > 0) & (pos < k - 1) & (before > 0) & (after > 0) & (curvature < 0)
-        refined = refined + torch.where(usable, gain, torch.zeros_like(gain))
-    return refined.exp()
+        before = surface[rows, lo, x] if axis == 0 else surface[rows, y, lo]
+        after = surface[rows, hi, x] if axis == 0 else surface[rows, y, hi]
+        curvature = before - 2 * peak + after
+        delta = torch.where((pos > 0) & (pos < k - 1) & (curvature < 0), 0.5 * (before - after) / curvature.clamp_max(-1e-6), 0.0)
+        out.append(pos.float() - s + delta.clamp(-0.5, 0.5))
+    return out[0], out[1]
+
+
+def resample(b: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """B moved so that A[r, c] lines up with B[r + dy, c + dx] (bicubic, borders replicated)."""
+    p, t, _ = b.shape
+    base = (torch.arange(t, dtype=torch.float32) + 0.5) / t * 2 - 1
+    gy = base[None, :, None] + (2 * dy / t)[:, None, None]
+    gx = base[None, None, :] + (2 * dx / t)[:, None, None]
+    grid = torch.stack([gx.expand(p, t, t), gy.expand(p, t, t)], -1)
+    return F.grid_sample(b[:, None], grid, mode="bicubic", padding_mode="border", align_corners=False)[:, 0]
+
+
+def window_similarity(a: torch.Tensor, b: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+    """Lowest SSIM structure term over the 8x8 windows inside the overlap (margin px from the border),
+    for z-scored images: a window flatter than FLAT in both images counts as matching."""
+    def pool(x):
+        return F.avg_pool2d(x[:, None], WINDOW, STRIDE)[:, 0]
+
+    mean_a, mean_b = pool(a), pool(b)
+    var_a = (pool(a * a) - mean_a**2).clamp_min(0)
+    var_b = (pool(b * b) - mean_b**2).clamp_min(0)
+    cov = pool(a * b) - mean_a * mean_b
+    local = (2 * cov + FLAT) / (var_a + var_b + FLAT)
+    t = a.shape[-1]
+    starts = torch.arange(local.shape[-1]) * STRIDE
+    inside = (starts[None, :] >= margin[:, None]) & (starts[None, :] + WINDOW <= t - margin[:, None])  # (P, w)
+    valid = inside[:, :, None] & inside[:, None, :]
+    return torch.where(valid, local, torch.full_like(local, 2.0)).flatten(1).min(1).values.clamp_max(1.0)
+
+
+MATCH_BLURS = (0.6, 1.2)  # blurs tried on one image so that a resized or blurred copy matches the sharper one
+COARSE_GATE = 0.8  # blurred, aligned correlation under which a pair is refused without the fine comparison
+COLOUR_FLAT = 64.0  # (8 Lab units)^2: chroma means and variances below this scale count as gray
+
+
+def inner(x: torch.Tensor, margin: int) -> torch.Tensor:
+    return x[:, margin : x.shape[1] - margin, margin : x.shape[2] - margin]
+
+
+def inner_correlation(a: torch.Tensor, b: torch.Tensor, margin: int) -> torch.Tensor:
+    a, b = inner(a, margin), inner(b, margin)
+    a = a - a.mean((1, 2), keepdim=True)
+    b = b - b.mean((1, 2), keepdim=True)
+    return (a * b).sum((1, 2)) / torch.sqrt((a * a).sum((1, 2)) * (b * b).sum((1, 2))).clamp_min(1e-6)
+
+
+def match_blur(a: torch.Tensor, b: torch.Tensor, margin: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair with one image blurred to match the other (or neither), whichever correlates best: a
+    resized or blurred copy has lost the fine detail its original still has; compared as they are,
+    every textured window would differ."""
+    best_a, best_b, best = a, b, inner_correlation(a, b, margin)
+    for sigma in MATCH_BLURS:
+        for x, y in ((blur(a, sigma), b), (a, blur(b, sigma))):
+            corr = inner_correlation(x, y, margin)
+            better = (corr > best)[:, None, None]
+            best_a, best_b, best = torch.where(better, x, best_a), torch.where(better, y, best_b), torch.maximum(corr, best)
+    return best_a, best_b
+
+
+def colour_similarity(a: torch.Tensor, b: torch.Tensor, margin: int) -> torch.Tensor:
+    """SSIM (mean and structure terms) of the aligned chroma thumbnails (P, c, c, 2), the worse of the
+    two channels. A copy keeps its colours (brightness and JPEG barely move Lab a/b); a recoloured
+    picture does not. Gray content (chroma near 0 in both) compares as equal."""
+    a, b = inner(a, margin), inner(b, margin)
+    mean_a, mean_b = a.mean((1, 2)), b.mean((1, 2))
+    var_a, var_b = a.var((1, 2), unbiased=False), b.var((1, 2), unbiased=False)
+    cov = ((a - mean_a[:, None, None]) * (b - mean_b[:, None, None])).mean((1, 2))
+    mean_term = (2 * mean_a * mean_b + COLOUR_FLAT) / (mean_a**2 + mean_b**2 + COLOUR_FLAT)
+    structure = (2 * cov + COLOUR_FLAT) / (var_a + var_b + COLOUR_FLAT)
+    return (mean_term * structure).min(1).values.clamp(0, 1)
+
+
+def verify_batch(a: torch.Tensor, b: torch.Tensor, max_shift: int, chroma: tuple | None = None) -> dict[str, torch.Tensor]:
+    s = max_shift
+    surface = shift_surface(blur(a, ALIGN_BLUR), blur(b, ALIGN_BLUR), s)
+    dy, dx = peak_offset(surface, s)
+    out = {"coarse": surface.flatten(1).max(1).values, "dy": dy, "dx": dx}
+    out["structure"], out["colour"] = torch.zeros_like(dy), torch.ones_like(dy)
+    # A pair that does not line up even blurred is no copy (copies score >= 0.95 here on the quality
+    # benchmark): the fine comparison, 2/3 of the cost, is spent on the others only.
+    close = torch.nonzero(out["coarse"] >= COARSE_GATE).flatten()
+    if len(close):
+        a, b, dy, dx = a[close], b[close], dy[close], dx[close]
+        aligned = resample(b, dy, dx)
+        margin = torch.ceil(torch.maximum(dy.abs(), dx.abs())).long()
+        ma, mb = match_blur(a, aligned, s)
+        out["structure"][close] = window_similarity(ma, mb, margin)
+        if chroma is not None:
+            ca, cb = chroma[0][close], chroma[1][close]
+            scale = ca.shape[1] / a.shape[1]
+            moved = torch.stack([resample(cb[..., c], dy * scale, dx * scale) for c in range(2)], -1)
+            out["colour"][close] = colour_similarity(ca, moved, int(np.ceil(s * scale)))
+    out["score"] = torch.minimum(out["structure"], out["colour"])
+    return out
+
+
+def pair_scores(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, max_shift: int, chroma: np.ndarray | None = None,
+                progress=None) -> dict[str, np.ndarray]:
+    """Verification of each pair (i[k], j[k]): 'score' (the copy score, 0..1: the lower of the
+    structural and the colour similarity), its two parts, and the sub-pixel shift found."""
+    parts: dict[str, list] = {}
+    starts = range(0, len(i), BATCH)
+    with torch.no_grad():
+        for lo in starts if progress is None else progress(starts, len(starts), "verify"):
+            ia, jb = i[lo : lo + BATCH], j[lo : lo + BATCH]
+            a, b = (torch.from_numpy(thumbs[x].astype(np.float32)) for x in (ia, jb))
+            colour = None if chroma is None else (torch.from_numpy(chroma[ia].astype(np.float32)), torch.from_numpy(chroma[jb].astype(np.float32)))
+            for k, v in verify_batch(a, b, max_shift, colour).items():
+                parts.setdefault(k, []).append(v.numpy().astype(np.float32))
+    keys = ("score", "structure", "colour", "dy", "dx")
+    return {k: np.concatenate(parts[k]) if k in parts else np.zeros(0, np.float32) for k in keys}

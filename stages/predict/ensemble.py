@@ -1,7 +1,7 @@
 """The ensemble: which fold checkpoints exist, running one over cache rows with TTA views, and weights.
 
 Members are the `fold<k>/best.pt` checkpoints of one or more train runs (this workdir's train/ plus
-predict.runs). A run trained with `--fold` jobs may lack folds; they are reported by name and the
+predict.runs), and a run's `full/best.pt` when it was trained with train.full_fit. A run trained with `--fold` jobs may lack folds; they are reported by name and the
 ensemble uses whatever finished. Folds of one run share its weight equally.
 """
 
@@ -23,12 +23,13 @@ from pipeline.device import to_input
 
 
 DEVICE_LOGITS = 2**26  # logits (256 MB of float32) kept on the device between host copies
+FULL_FIT = -1  # Member.fold of a run's full/ model: no OOF row has it, so TTA and run weights never see it
 
 
 @dataclass
 class Member:
     run: str  # the run's folder, as given
-    fold: int
+    fold: int  # FULL_FIT for the model trained on every image (train.full_fit)
     path: Path
 
 
@@ -42,6 +43,8 @@ def find_members(run_dirs: list[Path]) -> tuple[list[Member], list[str]]:
             raise StageError(f"no fold checkpoints (fold<k>/best.pt) in {run_dir}: run `pipeline train` there first")
         folds = [int(p.parent.name[4:]) for p in found]
         members += [Member(str(run_dir), f, p) for f, p in zip(folds, found)]
+        if (run_dir / "full" / "best.pt").is_file():  # train.full_fit: every image, no out-of-fold rows
+            members.append(Member(str(run_dir), FULL_FIT, run_dir / "full" / "best.pt"))
         expected = read_meta(found[0]).get("params", {}).get("folds")
         if expected:
             missing += [f"{run_dir}/fold{k}" for k in range(expected) if k not in folds]

@@ -6,8 +6,8 @@ pseudo-labelled and teacher-taught test images; the fold split rule), schedule (
 local pretrained weights, freezing, param groups), data (dataset, per-epoch sample order, loaders),
 distill (teacher targets), checkpoint, metrics, plots, loop (one fold).
 
-Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png,oof.csv,fold.json}, oof.csv,
-cv.json, confusion.png.
+Outputs: fold<k>/{best.pt,last.pt,metrics.csv,curves.png,lr_schedule.png,oof.csv,fold.json,recipe.json}, oof.csv,
+cv.json, confusion.png; with train.full_fit, full/ (one more model on every image: stages.train.full_fit).
 
 Each fold is its own atomic unit, so `--fold K` jobs can run concurrently in one workdir: a fold trains
 in .partial/fold<k>/ (a killed fold resumes from its last.pt there) and is renamed to fold<k>/ when it
@@ -28,17 +28,20 @@ import torch
 
 from pipeline import distributed as ddp
 from pipeline.artifacts import finished_folds, folder_lock, read_json, replace_dir, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows
+from pipeline import tasks
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows, read_task
 from pipeline.console import RunClock, console
 from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
 from pipeline.errors import StageError
 from pipeline.weights import Weights, resolve_weights, weights_norm
+from stages.train import full_fit
 from stages.train import tensorboard
 from stages.train.data import data_workers, usable_cores
 from stages.train.distill import load_teacher
-from stages.train.folds import assign_folds
-from stages.train.rows import RowStack, Rows, TrainData, concat, extra_rows
+from stages.train.folds import assign_folds, assign_multilabel_folds
+from stages.train.metrics import setup as setup_scoring
+from stages.train.rows import RowStack, Rows, TrainData, concat, extra_rows, row_classes
 
 PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
@@ -68,12 +71,14 @@ def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[Tr
     train = train[train.weight > 0].reset_index(drop=True)
     if len(train) < p.folds:
         raise StageError(f"train: {len(train)} training images for {p.folds} folds; need at least one per fold")
-    onehot = np.eye(len(classes), dtype=np.float32)
-    labels = train.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
-    labelled = Rows(ids=train.id.to_numpy(), rows=train.row.to_numpy(np.int64), labels=labels, targets=onehot[labels],
+    task = read_task(pre)
+    targets = tasks.targets(train.label, classes, task)  # one-hot, or multi-hot tags
+    labels = row_classes(targets)
+    folds = (assign_multilabel_folds(targets, train.cluster.to_numpy(), p.folds, params.seed) if task.multi_label
+             else assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed))
+    labelled = Rows(ids=train.id.to_numpy(), rows=train.row.to_numpy(np.int64), labels=labels, targets=targets,
                     weights=train.weight.to_numpy(np.float32) if p.dedup_weights else np.ones(len(train), np.float32),
-                    clusters=train.cluster.astype(str).to_numpy(), fold=assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed),
-                    kind=np.full(len(train), "labelled"))
+                    clusters=train.cluster.astype(str).to_numpy(), fold=folds, kind=np.full(len(train), "labelled"))
     parts, sources = {"labelled": labelled}, {"labelled": labelled.ids}  # sources: whose teacher target a row takes
 
     # Offline copies of rare-class images train with their source image: same cluster, same weight.
@@ -84,7 +89,7 @@ def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[Tr
         source = pd.Index(train.id).get_indexer(table.source_id)
         keep = source >= 0  # a copy of an image dedup left out stays out
         src = source[keep]
-        parts["expanded"] = extra_rows("expanded", table.id[keep], len(arrays["train"]) + np.where(keep)[0], onehot[labels[src]],
+        parts["expanded"] = extra_rows("expanded", table.id[keep], len(arrays["train"]) + np.where(keep)[0], targets[src],
                                        labelled.weights[src], labelled.clusters[src])
         sources["expanded"] = table.source_id[keep].to_numpy()
     test_offset = len(arrays["train"]) + len(copies)
@@ -105,7 +110,8 @@ def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[Tr
                      norm=normalisation(arrays["train"], p.norm, params.seed, p.norm_sample,
                                         pretrained=weights_norm(weights, p.model) if p.norm == "pretrained" else None),
                      weights={"kind": weights.kind, "identity": weights.identity, "source": weights.source, "note": weights.note},
-                     loading=weight_loading(p, weights, len(classes), shape[3], tuple(shape[1:3]), classes))
+                     loading=weight_loading(p, weights, len(classes), shape[3], tuple(shape[1:3]), classes),
+                     task=task, scoring=setup_scoring(p, task, targets if task.multi_label else None))
     return data, train
 
 
@@ -155,12 +161,17 @@ def run(params: Params, paths) -> dict:
             trained.append(fold)
             if world.main:
                 finish_fold(fold, probs, data, train, params, paths, {"data_path": path, "batch_size": p.batch_size})
+        full = "off"
+        if p.full_fit:  # one more model on every image, after the folds (stages.train.full_fit)
+            full = (full_fit.run(data, params, paths.out, paths.out / PARTIAL, getattr(paths, "key", ""), device, path) if p.fold is None
+                    else "trains when `pipeline train` runs without --fold, after every fold finished")
     if not world.main:
         return {}
     remove_if_empty(paths.out / PARTIAL)
     with folder_lock(paths.out):
+        full_fit.prune(paths.out, getattr(paths, "key", ""), p.full_fit)
         result = summarize(params, paths, f"{p.model} on {device}" + (f" x {world.size} processes" if world.size > 1 else ""), trained)
-    return {**result, "data path": f"{path} ({why})", "batch size": p.batch_size}
+    return {**result, "data path": f"{path} ({why})", "batch size": p.batch_size, "full fit": full}
 
 
 def remove_if_empty(folder) -> None:
@@ -220,42 +231,53 @@ def finish_fold(fold: int, probs: np.ndarray, data: TrainData, train: pd.DataFra
     frame.insert(0, "label", train.label.to_numpy()[val])
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
-    plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
+    plots.curves(pd.read_csv(partial / "metrics.csv"), data.scoring.metric, partial / "curves.png")
+    scaled = read_json(partial / "recipe.json") if (partial / "recipe.json").is_file() else None  # stages.train.recipe
     write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), **how,  # how: data path, batch size
-                                       "weights": data.weights})
+                                       "weights": data.weights, "recipe": scaled})
     replace_dir(partial, paths.out / f"fold{fold}")
 
 
 def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
     """oof.csv, cv.json, confusion.png and top_losses.png from every finished fold of this recipe (call
-    under the lock); returns the stage summary, CV first, epochs 1-based."""
+    under the lock); returns the stage summary, CV first, epochs 1-based. Multi-label: no confusion
+    matrix or top losses (one class per image), and the CV with per-class thresholds fitted on OOF."""
     from stages.train import plots, top_losses
-    from stages.train.metrics import compute
 
     p, out = params.train, paths.out
     folds = current_folds(out, getattr(paths, "key", ""))
-    classes = read_classes(paths["preprocess"])
+    classes, task = read_classes(paths["preprocess"]), read_task(paths["preprocess"])
     oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False) for k in folds],
                     ignore_index=True)
-    to_idx = {c: i for i, c in enumerate(classes)}
     columns = [f"p_{c}" for c in classes]
-    table = [fold_row(out, fold, oof[oof.fold == fold], to_idx, columns, p.metric) for fold in folds]
+    truth = tasks.truth(oof.label, classes, task)
+    scoring = setup_scoring(p, task, truth if task.multi_label else None)
+    metric = scoring.metric
+    table = [fold_row(out, fold, truth[(oof.fold == fold).to_numpy()], oof[oof.fold == fold][columns].to_numpy(), scoring) for fold in folds]
     write_csv(out / "oof.csv", oof)
-    y = oof.label.map(to_idx).to_numpy()
     probs = oof[columns].to_numpy()
-    overall = compute(y, probs)
-    plots.confusion(y, probs.argmax(1), classes, out / "confusion.png")
-    top_losses.write(out / "top_losses.png", oof, classes, paths["preprocess"], paths["dedup"])
-    values = [row[p.metric] for row in table]
+    overall = scoring.scores(truth, probs)
+    if not task.multi_label:
+        plots.confusion(truth, probs.argmax(1), classes, out / "confusion.png")
+        top_losses.write(out / "top_losses.png", oof, classes, paths["preprocess"], paths["dedup"])
+    values = [row[metric] for row in table]
     missing = [k for k in range(p.folds) if k not in folds]
-    cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
-          "per_fold": {str(row["fold"]): row[p.metric] for row in table}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
+    o = scoring.options
+    cv = {"metric": metric, "metric_from": scoring.why, "task": task.kind,
+          "metric_options": {"beta": o.beta, "average": o.average, "at_least_one": o.at_least_one},
+          "mean": float(np.mean(values)), "std": float(np.std(values)),
+          "per_fold": {str(row["fold"]): row[metric] for row in table}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
+    tuned = {}
+    if scoring.uses_thresholds:
+        _, cv[f"oof_{metric}_tuned_thresholds"] = scoring.tuned(truth, probs)
+        tuned = {f"oof {metric}, thresholds fitted on OOF (optimistic)": round(cv[f"oof_{metric}_tuned_thresholds"], 4)}
     write_json(out / "cv.json", cv)
-    return {f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f} over {len(folds)} of {p.folds} folds",
-            "oof": {"accuracy": round(overall["accuracy"], 4), "macro-F1": round(overall["macro_f1"], 4), "log loss": round(overall["log_loss"], 4)},
+    return {f"cv {metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f} over {len(folds)} of {p.folds} folds",
+            "metric": f"{metric} ({scoring.why})", "task": f"{task.kind} ({task.why})",
+            "oof": {k.replace("_", " "): round(v, 4) for k, v in overall.items()}, **tuned,
             "folds": table, "missing folds": missing or "none", "model": model,
             "trained in this run": [f"fold {k}" for k in trained] or "none (every fold was finished)",
-            "plots": "train/confusion.png, train/top_losses.png, train/fold<k>/curves.png"}
+            "plots": "train/fold<k>/curves.png" if task.multi_label else "train/confusion.png, train/top_losses.png, train/fold<k>/curves.png"}
 
 
 def current_folds(out, key: str) -> list[int]:
@@ -271,12 +293,12 @@ def current_folds(out, key: str) -> list[int]:
     return folds
 
 
-def fold_row(out, fold: int, rows: pd.DataFrame, to_idx: dict, columns: list[str], metric: str) -> dict:
+def fold_row(out, fold: int, truth: np.ndarray, probs: np.ndarray, scoring) -> dict:
     """One line of the summary's fold table: its best checkpoint's score, which epoch (1-based), speed."""
-    from stages.train.metrics import compute
     from stages.train.plots import best_epoch
 
+    metric = scoring.metric
     history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
-    score = compute(rows.label.map(to_idx).to_numpy(), rows[columns].to_numpy())[metric]
+    score = scoring.scores(truth, probs)[metric]
     return {"fold": fold, metric: round(score, 4), "best epoch": f"{int(history.epoch[best_epoch(history, metric)]) + 1} of {len(history)}",
             "img/s": int(round(float(history.images_per_s.median()))), "minutes": round(float(history.seconds.sum()) / 60, 1)}

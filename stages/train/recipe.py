@@ -1,0 +1,69 @@
+"""The effective recipe of one fold: the knobs that only pay off on long schedules, scaled to this run.
+
+A pure function of the train params and the fold's optimiser steps per epoch, so every rank and every
+resumed run resolves the same recipe. What it decided is printed and recorded in fold.json.
+
+- EMA (train.ema = auto): the average spans the last EMA_SPAN of the optimiser steps, decay
+  1 - 1 / (EMA_SPAN * steps), at most EMA_MAX; off when that span is under EMA_MIN_STEPS steps.
+  A fixed 0.999 averages ~1000 steps: on a run of a few hundred steps the evaluated weights lag far
+  behind the trained ones. A number is used as given.
+- Mixup / cutmix (train.mix_min_epochs): on only in runs of at least that many epochs. Mixed batches
+  are a weaker signal per step; on short schedules they leave the model undertrained
+  (bench/defaults.py). 0 keeps mixing whatever the length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.artifacts import write_json
+from pipeline.console import console
+from pipeline.params import TrainParams
+
+RECORD = "recipe.json"  # beside the fold's checkpoints; train copies it into fold.json
+
+EMA_SPAN = 0.05  # the EMA averages about the last 5% of the optimiser steps
+EMA_MAX = 0.9998  # ... but never longer than 5000 steps (timm's usual ImageNet decay)
+EMA_MIN_STEPS = 2  # an average over fewer steps than this is no average: off
+
+
+@dataclass(frozen=True)
+class Recipe:
+    params: TrainParams  # the train params with every auto or scaled knob replaced by its value
+    decided: dict = field(default_factory=dict)  # knob -> "value (why)", for the log and fold.json
+
+
+def ema_decay(ema: float | str, total_steps: int) -> tuple[float, str]:
+    if ema != "auto":
+        return float(ema), "params"
+    span = EMA_SPAN * total_steps
+    if span < EMA_MIN_STEPS:
+        return 0.0, f"auto: off, {total_steps} optimiser steps are too few to average {EMA_SPAN:.0%} of them"
+    decay = min(EMA_MAX, 1.0 - 1.0 / span)
+    return round(decay, 6), f"auto: averages ~{1 / (1 - decay):.0f} of {total_steps} optimiser steps"
+
+
+def resolve(p: TrainParams, steps_per_epoch: int) -> Recipe:
+    """The fold's effective train params for `p.epochs` epochs of `steps_per_epoch` optimiser steps."""
+    total = p.epochs * steps_per_epoch
+    decay, why = ema_decay(p.ema, total)
+    decided = {"ema": f"{decay} ({why})"}
+    update = {"ema": decay}
+    if p.mixup or p.cutmix:
+        if p.epochs < p.mix_min_epochs:
+            update |= {"mixup": 0.0, "cutmix": 0.0}
+            decided["mixup/cutmix"] = f"off ({p.epochs} epochs < train.mix_min_epochs = {p.mix_min_epochs})"
+        else:
+            decided["mixup/cutmix"] = f"mixup {p.mixup}, cutmix {p.cutmix} (params)"
+    return Recipe(p.model_copy(update=update), decided)
+
+
+def apply(p: TrainParams, steps_per_epoch: int, fold: int, fold_dir: Path | None) -> TrainParams:
+    """resolve(), then say what it decided and record it in fold_dir (None: a rank that does not write)."""
+    found = resolve(p, steps_per_epoch)
+    if fold_dir is not None:
+        console.print(f"fold {fold}: recipe for {p.epochs} epochs x {steps_per_epoch} steps: "
+                      + "; ".join(f"{k} {v}" for k, v in found.decided.items()), soft_wrap=True)
+        write_json(fold_dir / RECORD, {"steps_per_epoch": steps_per_epoch, "total_steps": p.epochs * steps_per_epoch, **found.decided})
+    return found.params

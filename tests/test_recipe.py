@@ -1,0 +1,46 @@
+"""The effective recipe: EMA and mixup/cutmix scaled to the run's length; numbers in params as given."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.params import load_params
+from stages.train import recipe
+from tests.conftest import ROOT
+
+
+def train_params(*overrides: str):
+    return load_params(ROOT / "params.yaml", ["data.root=/nonexistent", *overrides])[0].train
+
+
+@pytest.mark.parametrize("epochs, steps, expected", [(10, 3, 0.0), (10, 8, 0.75), (30, 100, 0.993333), (100, 10_000, recipe.EMA_MAX)])
+def test_auto_ema_averages_a_fixed_share_of_the_steps(epochs, steps, expected):
+    p = recipe.resolve(train_params("train.ema=auto", f"train.epochs={epochs}"), steps).params
+    assert p.ema == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_number_is_the_ema_decay_whatever_the_length():
+    for steps in (1, 10_000):
+        assert recipe.resolve(train_params("train.ema=0.999", "train.epochs=5"), steps).params.ema == 0.999
+    assert recipe.resolve(train_params("train.ema=0"), 10_000).params.ema == 0.0
+
+
+def test_mixing_only_on_long_enough_runs():
+    short = recipe.resolve(train_params("train.mixup=0.2", "train.cutmix=1.0", "train.epochs=10", "train.mix_min_epochs=20"), 50)
+    assert (short.params.mixup, short.params.cutmix) == (0.0, 0.0) and "off (10 epochs" in short.decided["mixup/cutmix"]
+    long = recipe.resolve(train_params("train.mixup=0.2", "train.cutmix=1.0", "train.epochs=20", "train.mix_min_epochs=20"), 50)
+    assert (long.params.mixup, long.params.cutmix) == (0.2, 1.0)
+    always = recipe.resolve(train_params("train.mixup=0.2", "train.epochs=2", "train.mix_min_epochs=0"), 50)
+    assert always.params.mixup == 0.2
+
+
+def test_other_knobs_untouched_and_the_decision_recorded(tmp_path):
+    p = train_params("train.epochs=12")
+    scaled = recipe.apply(p, 25, 0, tmp_path)
+    assert scaled.model_dump(exclude={"ema", "mixup", "cutmix"}) == p.model_dump(exclude={"ema", "mixup", "cutmix"})
+    record = json.loads((tmp_path / recipe.RECORD).read_text())
+    assert record["total_steps"] == 300 and record["ema"].startswith(str(scaled.ema)) and "auto" in record["ema"]
+    recipe.apply(p, 25, 0, None)  # a rank that does not write: nothing more on disk
+    assert [f.name for f in tmp_path.iterdir()] == [recipe.RECORD]
