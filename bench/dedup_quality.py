@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.dedup_data import TRANSFORMS, Items, dataset  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from stages import dedup  # noqa: E402
-from stages.preprocess import auto_size, choose_channels, process, target_hw  # noqa: E402
+from stages.preprocess import auto_size, box_area, choose_channels, decide_crop, decide_median, impulse_share, process, target_hw  # noqa: E402
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
 DATASETS = ("digits", "lookalike", "photos", "scenes")
@@ -48,8 +48,13 @@ def pairwise_pr(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 def to_cache(items: Items, params) -> list[np.ndarray]:
-    """What `pipeline preprocess` stores for these images with the default params."""
+    """What `pipeline preprocess` stores for these images with the default params (its auto median
+    and crop decided on a sample of the originals, as the stage does on the train images)."""
     p = params.preprocess
+    sample = [items.images[k] for k in range(0, len(items.images), max(1, len(items.images) // 200))]
+    median, _ = decide_median(p, [impulse_share(im) for im in sample] if p.median_ksize == "auto" else [])
+    crop, _ = decide_crop(p, [box_area(im, p.crop) for im in sample] if p.crop.enabled == "auto" else [])
+    p = p.model_copy(update={"median_ksize": median, "crop": p.crop.model_copy(update={"enabled": crop})})
     hw = target_hw(auto_size([max(im.shape[:2]) for im in items.images], p.size_range))
     channels = choose_channels(p.channels, all(im.shape[2] == 1 for im in items.images))
     return [process(im, p, channels, hw) for im in items.images]

@@ -8,7 +8,7 @@ Labels are kept as strings, exactly as written, so the submission can use the co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +36,7 @@ class Dataset:
     layout: str
     id_column: str = "id"  # train.csv's id and label columns: a test folder without a sample gets them
     label_column: str = "label"
+    notes: list[str] = field(default_factory=list)  # what discovery changed or dropped, for the preprocess summary
     task: tasks.Task | None = None  # set by settle_task (pipeline.tasks)
 
 
@@ -47,8 +48,19 @@ def natural_key(label: str):
         return (1, 0.0, label)
 
 
+IGNORED_DIRS = ("__MACOSX",)  # macOS zip resource forks: never images, never a class
+
+
+def ignored(rel: Path) -> bool:
+    """Hidden names and __MACOSX anywhere in a path below the data folder are not data."""
+    return any(part.startswith(".") or part in IGNORED_DIRS for part in rel.parts)
+
+
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Files below folder, broken links included (preprocess reports them as unreadable, like any
+    file it cannot open), hidden and __MACOSX paths left out."""
+    return sorted(p for p in folder.rglob("*") if (p.is_file() or p.is_symlink() and not p.exists())
+                  and not ignored(p.relative_to(folder)))
 
 
 def _pick_column(columns: list[str], wanted: str | None, names: tuple[str, ...], what: str, csv: Path) -> str:
@@ -67,25 +79,77 @@ def _pick_column(columns: list[str], wanted: str | None, names: tuple[str, ...],
 
 
 def _match_ids(ids: pd.Series, folder: Path, csv: Path) -> list[Path]:
-    """Map CSV ids (with or without extension, or relative paths) to files under folder."""
+    """Map CSV ids (with or without extension, or relative paths) to files under folder. An id that
+    names no file, or whose stem names two files (0000.png and 0000.jpg), is an error listing them."""
     files = _image_files(folder)
     by_name = {p.relative_to(folder).as_posix(): p for p in files}
     by_name.update({p.name: p for p in files})
-    by_stem: dict[str, Path] = {}
+    by_stem: dict[str, list[Path]] = {}
     for p in files:
-        by_stem.setdefault(p.stem, p)
-        by_stem.setdefault(p.relative_to(folder).with_suffix("").as_posix(), p)
-    paths, missing = [], []
+        for stem in {p.stem, p.relative_to(folder).with_suffix("").as_posix()}:
+            by_stem.setdefault(stem, []).append(p)
+    paths, missing, ambiguous = [], [], []
     for raw in ids:
         key = str(raw).strip()
-        path = by_name.get(key) or by_stem.get(key)
-        if path is None:
+        path = by_name.get(key)
+        if path is None and len(by_stem.get(key, [])) > 1:
+            ambiguous.append(f"{key}: " + ", ".join(p.name for p in by_stem[key][:3]))
+        elif path is None and key in by_stem:
+            path = by_stem[key][0]
+        elif path is None:
             missing.append(key)
         paths.append(path)
+    if ambiguous:
+        raise DataError(f"{csv}: {len(ambiguous)} ids match more than one file in {folder}/ ({'; '.join(ambiguous[:3])}): "
+                        "keep one file per id, or write the extension in the id")
     if missing:
         shown = ", ".join(missing[:5])
         raise DataError(f"{csv}: {len(missing)} of {len(ids)} ids have no image file in {folder}/ (first: {shown})")
     return paths
+
+
+def _strip_ids(column: pd.Series, what: str, notes: list[str]) -> pd.Series:
+    stripped = column.str.strip()
+    changed = int((stripped != column).sum())
+    if changed:
+        notes.append(f"{changed} {what} ids had spaces around them, stripped (e.g. {column[stripped != column].iloc[0]!r})")
+    return stripped
+
+
+def normalise_numeric_labels(labels: pd.Series, notes: list[str]) -> pd.Series:
+    """"1.0" and "1" are one class when every label is a number: written the shortest way ("1", "0.5").
+    Labels that are all numbers but spelled one way each are kept as written (the competition's spelling)."""
+    numbers = pd.to_numeric(labels, errors="coerce")
+    if numbers.isna().any():
+        return labels
+    canonical = numbers.map(lambda v: str(int(v)) if float(v).is_integer() else repr(float(v)))
+    if canonical.nunique() == labels.nunique():
+        return labels
+    merged = sorted({f"{a} -> {b}" for a, b in zip(labels, canonical) if a != b})
+    notes.append(f"numeric labels normalised, {labels.nunique()} spellings -> {canonical.nunique()} classes ({', '.join(merged[:4])})")
+    return canonical
+
+
+def _strip_ids(column: pd.Series, what: str, notes: list[str]) -> pd.Series:
+    stripped = column.str.strip()
+    changed = int((stripped != column).sum())
+    if changed:
+        notes.append(f"{changed} {what} ids had spaces around them, stripped (e.g. {column[stripped != column].iloc[0]!r})")
+    return stripped
+
+
+def normalise_numeric_labels(labels: pd.Series, notes: list[str]) -> pd.Series:
+    """"1.0" and "1" are one class when every label is a number: written the shortest way ("1", "0.5").
+    Labels that are all numbers but spelled one way each are kept as written (the competition's spelling)."""
+    numbers = pd.to_numeric(labels, errors="coerce")
+    if numbers.isna().any():
+        return labels
+    canonical = numbers.map(lambda v: str(int(v)) if float(v).is_integer() else repr(float(v)))
+    if canonical.nunique() == labels.nunique():
+        return labels
+    merged = sorted({f"{a} -> {b}" for a, b in zip(labels, canonical) if a != b})
+    notes.append(f"numeric labels normalised, {labels.nunique()} spellings -> {canonical.nunique()} classes ({', '.join(merged[:4])})")
+    return canonical
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -118,7 +182,12 @@ def _kaggle(root: Path, id_column: str | None, label_column: str | None, separat
     columns = list(table.columns)
     id_col = _pick_column(columns, id_column, ID_NAMES, "id", csv)
     table, label_col, layout = _label_or_tags(table, id_col, label_column, separator, csv)
-    table = table[table[label_col].str.strip() != ""]
+    notes: list[str] = []
+    empty = table[label_col].str.strip() == ""
+    if empty.any():
+        notes.append(f"{int(empty.sum())} rows of train.csv with an empty {label_col!r} dropped (e.g. id {table[id_col][empty].iloc[0]!r})")
+    table = table[~empty].reset_index(drop=True)
+    table[id_col] = _strip_ids(table[id_col], "train.csv", notes)
     if table[id_col].duplicated().any():
         dup = table[id_col][table[id_col].duplicated()].iloc[0]
         raise DataError(f"{csv}: id {dup!r} appears more than once in column {id_col!r}; ids must be unique")
@@ -126,17 +195,17 @@ def _kaggle(root: Path, id_column: str | None, label_column: str | None, separat
         {
             "id": table[id_col].str.strip().values,
             "path": [str(p) for p in _match_ids(table[id_col], root / "train", csv)],
-            "label": table[label_col].str.strip().values,
+            "label": normalise_numeric_labels(table[label_col].str.strip(), notes).values,
             "split": "train",
         }
     )
-    test, sample = discover_test(root, id_col, label_col)
-    dataset = _finish(pd.concat([train, test], ignore_index=True), sample, layout)
+    test, sample = discover_test(root, id_col, label_col, notes)
+    dataset = _finish(pd.concat([train, test], ignore_index=True), sample, layout, notes)
     dataset.id_column, dataset.label_column = id_col, label_col
     return dataset
 
 
-def discover_test(root: Path, id_col: str = "id", label_col: str = "label") -> tuple[pd.DataFrame, pd.DataFrame]:
+def discover_test(root: Path, id_col: str = "id", label_col: str = "label", notes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The test side alone: (manifest rows, submission template) from sample_submission.csv and test/,
     or from the files in test/ when there is no sample (the template is then id_col,label_col). Reads
     nothing of the train side, so a folder holding only a new test set can be predicted."""
@@ -144,7 +213,9 @@ def discover_test(root: Path, id_col: str = "id", label_col: str = "label") -> t
     sample_path = root / "sample_submission.csv"
     if sample_path.is_file():
         sample = _read_csv(sample_path)
-        test_ids = sample[sample.columns[0]].str.strip()
+        # Stripped in the sample too: an id with a trailing space must not miss its image and get the prior.
+        sample[sample.columns[0]] = test_ids = _strip_ids(sample[sample.columns[0]], "sample_submission.csv",
+                                                          notes if notes is not None else [])
         if not (root / "test").is_dir():
             raise DataError(f"{sample_path} lists {len(test_ids)} test ids but {root}/test/ is missing")
         test_paths = _match_ids(test_ids, root / "test", sample_path)
@@ -158,13 +229,17 @@ def discover_test(root: Path, id_col: str = "id", label_col: str = "label") -> t
 def _test_from_folder(folder: Path, id_col: str = "id", label_col: str = "label"):
     files = [p for p in _image_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS] if folder.is_dir() else []
     ids = pd.Series([p.relative_to(folder).with_suffix("").as_posix() for p in files], dtype=str)
+    twice = sorted(set(ids[ids.duplicated()]))
+    if twice:
+        names = "; ".join(", ".join(p.name for p, i in zip(files, ids) if i == stem) for stem in twice[:3])
+        raise DataError(f"{folder}/: {len(twice)} test ids would name more than one file ({names}): keep one file per name")
     sample = pd.DataFrame({id_col: ids, label_col: ""})
     return sample, ids, files
 
 
 def _class_folders(root: Path) -> Dataset:
     rows = []
-    classes = sorted(p for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p for p in (root / "train").iterdir() if p.is_dir() and not ignored(Path(p.name)))
     for folder in classes:
         files = [p for p in _image_files(folder)]
         if not files:
@@ -178,14 +253,16 @@ def _class_folders(root: Path) -> Dataset:
     return _finish(pd.concat([train, test], ignore_index=True), sample, "class-per-folder")
 
 
-def _finish(manifest: pd.DataFrame, sample: pd.DataFrame, layout: str) -> Dataset:
+def _finish(manifest: pd.DataFrame, sample: pd.DataFrame, layout: str, notes: list[str] | None = None) -> Dataset:
     labels = manifest.loc[manifest.split == "train", "label"]
     if labels.empty:
         raise DataError("no training images found")
+    if not (manifest.split == "test").any():
+        raise DataError("no test images: expected test/ with images, or sample_submission.csv listing the ids of test/")
     classes = sorted(labels.unique(), key=natural_key)
     if len(classes) < 2:
         raise DataError(f"only one class ({classes[0]!r}) in the training labels; classification needs at least two")
-    return Dataset(manifest=manifest, classes=classes, sample=sample, layout=layout)
+    return Dataset(manifest=manifest, classes=classes, sample=sample, layout=layout, notes=list(notes or []))
 
 
 def settle_task(dataset: Dataset, wanted: str, separator: str, class_order: list[str] | None) -> Dataset:
@@ -213,6 +290,6 @@ def _discover(root: Path, id_column: str | None, label_column: str | None, separ
         raise DataError(f"{root}: no train/ folder; expected train/ + train.csv (Kaggle) or train/<class>/ folders")
     if (root / "train.csv").is_file():
         return _kaggle(root, id_column, label_column, separator)
-    if any(p.is_dir() for p in (root / "train").iterdir()):
+    if any(p.is_dir() and not ignored(Path(p.name)) for p in (root / "train").iterdir()):
         return _class_folders(root)
     raise DataError(f"{root}: train/ holds files but there is no train.csv; expected train.csv (id, label) or train/<class>/ folders")

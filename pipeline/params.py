@@ -265,6 +265,7 @@ class PredictParams(Section):
     device: Literal["auto", "cpu", "cuda"]
     amp: Literal["auto", "bf16", "fp16", "off"]  # autocast on CUDA, as train.amp; auto: bf16 where supported
     top_k: int | None = Field(ge=1)  # answers per image; None: as many as the sample's label cells hold
+    submission: Literal["auto", "labels", "probabilities"]  # one label column: labels, or the positive class's probability
     thresholds: Literal["auto"] | float = Field(description="multi-label decision thresholds: auto (per class, fitted on OOF) or one value")
 
     @field_validator("tta_metric")
@@ -335,7 +336,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"-S {text!r}: expected key.path=value, e.g. -S train.epochs=3")
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"-S {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); quote it or close its brackets") from None
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:

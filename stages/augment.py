@@ -31,7 +31,12 @@ CROP_RATIO = (3 / 4, 4 / 3)
 BLUR_SIGMA = (0.5, 3.0)
 
 
-def check(p: AugmentParams) -> None:
+def check(params: Params, data=None) -> None:
+    """Before any work (pipeline.checks)."""
+    check_ranges(params.augment)
+
+
+def check_ranges(p: AugmentParams) -> None:
     """Range pairs must be ordered; blur kernels odd. One line naming the key, as params errors do."""
     for key in ("crop_scale", "gamma_limit", "blur_limit", "erasing_size"):
         lo, hi = getattr(p, key)
@@ -47,7 +52,7 @@ def check(p: AugmentParams) -> None:
 
 def build(p: AugmentParams, height: int, width: int) -> A.Compose:
     """The training augmentation, geometry first, then photometric, then occlusion."""
-    check(p)
+    check_ranges(p)
     constant = dict(border_mode=cv2.BORDER_CONSTANT, fill=0)
     return A.Compose(
         [

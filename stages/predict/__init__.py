@@ -39,7 +39,7 @@ from stages.predict import scoring
 from stages.predict.scoring import Result, better, rank  # noqa: F401  (Result is part of this stage's API)
 from stages.predict.ensemble import Member, find_members, load_model, predict_views, read_oof
 from stages.predict.plots import plot_predictions
-from stages.predict.submission import Answers, build_submission, write_submission
+from stages.predict.submission import Answers, build_submission, sample_format, write_submission
 from stages.predict.tta import MERGES, expand, merge
 
 
@@ -195,6 +195,12 @@ def predict_test(ctx: Context, views) -> tuple[np.ndarray, list[str], str]:
     return probs, test.id.tolist()
 
 
+def check(params: Params, data) -> None:
+    """Before any work (pipeline.checks): the sample's format is decidable with these classes."""
+    if data is not None:
+        sample_format(data.sample, [str(c) for c in data.classes], Answers(choice=params.predict.submission))
+
+
 def run(params: Params, paths) -> dict:
     """The story: ensemble's OOF, TTA chosen on it, the test predicted, corrected, written, summarised."""
     ctx = Context(params, paths)
@@ -286,7 +292,8 @@ def answers_for(ctx: Context, sample: pd.DataFrame) -> Answers:
     return Answers(multi_label=ctx.multi_label, thresholds=0.5 if ctx.thresholds is None else ctx.thresholds,
                    at_least_one=ctx.scoring.options.at_least_one,
                    top_k=ctx.p.top_k or (1 if ctx.multi_label else tasks.sample_answers(sample, ctx.task.separator)),
-                   separator=ctx.task.separator, probabilities=not metrics.get(ctx.scoring.metric)[0].needs_decisions)
+                   separator=ctx.task.separator, probabilities=not metrics.get(ctx.scoring.metric)[0].needs_decisions,
+                   choice=ctx.p.submission)
 
 
 def summarize(ctx: Context, paths, weights: dict, oof: dict, tta: TtaChoice, submission: pd.DataFrame, probs: np.ndarray,

@@ -37,7 +37,8 @@ def correct(probs: np.ndarray, ids: list[str], clusters: pd.DataFrame, train_lab
     probs = probs.copy()
     before = probs.argmax(1)
     rule = np.array([""] * len(ids), dtype=object)
-    cluster_of = clusters.set_index("id")["cluster"]
+    # Test ids may repeat train ids (CIFAR-10 on Kaggle numbers both 1..N): look them up among test rows.
+    cluster_of = clusters[clusters.split == "test"].set_index("id")["cluster"]
     test_cluster = cluster_of.reindex(ids).to_numpy()  # NaN for ids dedup never saw (unreadable images)
     known = ~pd.isna(test_cluster)
 

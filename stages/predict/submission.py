@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import write_csv
-from pipeline.errors import StageError
+from pipeline.errors import CheckError, StageError
 from pipeline.metrics import Options, decisions
 
 PROB_FORMAT = "{:.6f}"
@@ -45,6 +45,7 @@ class Answers:
     top_k: int = 1  # single-label: answers per row
     separator: str = " "  # between tags or answers in one cell
     probabilities: bool = False  # per-class columns get probabilities even where the sample shows 0/1
+    choice: str = "auto"  # predict.submission: one label column holds labels, probabilities, or auto (the sample decides)
 
     def tags(self, probs: np.ndarray) -> np.ndarray:
         """(N, K) 0/1 multi-label decisions."""
@@ -66,20 +67,46 @@ def sample_format(sample: pd.DataFrame, classes: list[str], answers: Answers = A
             if answers.multi_label and not answers.probabilities and _is_indicator(sample):
                 return "indicator"
             return "probability"
-        raise StageError(
+        unknown, absent = sorted(set(rest) - set(classes)), sorted(set(classes) - set(rest))
+        raise CheckError(
             f"sample_submission.csv has columns {rest[:6]}: expected one label column or one column per class "
-            f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
+            f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''}); columns that are not classes: {unknown[:5]}, "
+            f"classes without a column: {absent[:5]}"
         )
     if not rest:
-        raise StageError("sample_submission.csv has only an id column: expected a label or probability column")
+        raise CheckError("sample_submission.csv has only an id column: expected a label or probability column")
     if answers.multi_label:
         return "tags"
     if answers.top_k > 1:
         return "top_k"
-    values = sample[rest[0]].astype(str)
-    if len(classes) == 2 and len(values) and values.map(_is_number).all() and not values.isin(classes).all():
+    if answers.choice == "labels":
+        return "label"
+    if answers.choice == "probabilities":
+        if len(classes) != 2:
+            raise CheckError(f"predict.submission = probabilities: one column holds the probability of one class, "
+                             f"but there are {len(classes)} classes; use labels, or a sample with one column per class")
         return "binary"
-    return "label"
+    return _auto_format(sample[rest[0]].astype(str).str.strip(), classes)
+
+
+def _auto_format(values: pd.Series, classes: list[str]) -> str:
+    """The sample decides between labels and a probability only when it is unambiguous (issue: a 0 that
+    is no label, with classes 1/2 or 0/1, could mean either); otherwise one line asks."""
+    if len(classes) != 2 or values.empty:
+        return "label"  # one column cannot hold the probabilities of 3+ classes
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.isna().any():
+        return "label"  # placeholders that are not numbers (or empty) are no probabilities
+    if ((numbers > 0) & (numbers < 1)).any():
+        return "binary"  # 0.5: a probability, never a label
+    if values.isin(classes).all() and not set(values) <= {"0", "1", "0.0", "1.0"}:
+        return "label"
+    seen = ", ".join(sorted(set(values))[:3])
+    raise CheckError(
+        f"sample_submission.csv column {values.name!r} holds {seen} and the classes are {classes[0]}, {classes[1]}: "
+        "it could ask for labels or for the probability of " + repr(classes[1])
+        + "; set predict.submission to labels or probabilities"
+    )
 
 
 def build_submission(sample: pd.DataFrame, ids: list[str], probs: np.ndarray, classes: list[str], answers: Answers = Answers()) -> pd.DataFrame:

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from pipeline import distributed as ddp
-from pipeline.artifacts import finished_folds, folder_lock, read_json, replace_dir, write_csv, write_json
+from pipeline.artifacts import file_records, finished_folds, folder_lock, read_json, replace_dir, write_csv, write_json
 from pipeline import tasks
 from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows, read_task
 from pipeline.console import RunClock, console
@@ -46,14 +46,24 @@ from stages.train.rows import RowStack, Rows, TrainData, concat, extra_rows, row
 PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
 
-def check(params: Params) -> Weights:
-    """Refuse options this version does not implement, rather than ignoring them silently; find the
-    pretrained weights (downloading them when online), or stop before any work."""
+def check(params: Params, data=None) -> None:
+    """Before any work (pipeline.checks; folds and devices are checked there): timm knows the model, the
+    pretrained weights can be had and fit it, the TensorBoard option works."""
+    from pipeline.weights import check_pretrained
+    from stages.train.model import check_model_name, readable_weights
+
     p = params.train
-    if p.fold is not None and p.fold >= p.folds:
-        raise StageError(f"train.fold = {p.fold}: expected 0..{p.folds - 1} (train.folds = {p.folds})")
+    check_model_name(p.model)
     tensorboard.check(p.tensorboard)
-    return resolve_weights(p)
+    if p.pretrained not in (None, False):
+        readable_weights(p, lambda: check_pretrained(p))
+
+
+def prepare_weights(params: Params) -> Weights:
+    """Find the pretrained weights (downloading them when online), or stop before any fold trains."""
+    from stages.train.model import readable_weights
+
+    return readable_weights(params.train, lambda: resolve_weights(params.train))
 
 
 def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[TrainData, pd.DataFrame]:
@@ -133,7 +143,7 @@ def add_teacher(parts: dict, sources: dict, params: Params, index, clusters, cla
 def run(params: Params, paths) -> dict:
     from stages.train.loop import train_fold
 
-    weights = check(params)
+    weights = prepare_weights(params)
     if ddp.is_main():
         console.print(f"train: {params.train.model} {weights.describe()}")
     data, train = load_data(params, paths, weights)
@@ -145,11 +155,11 @@ def run(params: Params, paths) -> dict:
     clock = RunClock(total_epochs=params.train.epochs * len([k for k in folds if k not in finished]))
     with ddp.session(params.train.dist_timeout, device) as world:
         params = resolve_batch_size(params, data, device, world.size)
-        path, why = data_path(params.train, data, device)
+        path, why = ddp.from_main(data_path(params.train, data, device))  # one path for every rank (free memory may differ)
         p = params.train
+        console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
+                      + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {', '.join(map(str, folds))}")  # every rank says it is up
         if world.main:
-            console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
-                          + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {', '.join(map(str, folds))}")
             workers = f"; loader workers {data_workers('auto')} (auto: {usable_cores()} cores)" if p.workers == "auto" and path == "loader" else ""
             console.print(f"train: data path {path}: {why}{workers}")
         trained = []
@@ -233,8 +243,9 @@ def finish_fold(fold: int, probs: np.ndarray, data: TrainData, train: pd.DataFra
     write_csv(partial / "oof.csv", frame)
     plots.curves(pd.read_csv(partial / "metrics.csv"), data.scoring.metric, partial / "curves.png")
     scaled = read_json(partial / "recipe.json") if (partial / "recipe.json").is_file() else None  # stages.train.recipe
+    # files: the fold's files as written, so a later run keeps this fold only while they are intact.
     write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), **how,  # how: data path, batch size
-                                       "weights": data.weights, "recipe": scaled})
+                                       "weights": data.weights, "recipe": scaled, "files": file_records(partial)})
     replace_dir(partial, paths.out / f"fold{fold}")
 
 
