@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--recipe-arm", action="store_true", help="also train the pretrained start with the scratch recipe")
     ap.add_argument("--batch-size", type=int, default=8, help="target batch: a few optimiser steps per epoch on ~33 images")
     ap.add_argument("--reuse-pretrained", action="store_true", help="keep WORKDIR/pretrain's weights from an earlier run")
+    ap.add_argument("--only", choices=["scratch", "pretrained"], help="train one arm (two workdirs can then run side by side)")
     args = ap.parse_args()
     MODEL[0] = args.model
     wd = args.workdir
@@ -94,6 +95,7 @@ def main() -> None:
             **({"pretrained, scratch recipe": scratch + [f"train.pretrained={weights}", "finetune={}"]} if args.recipe_arm else {})}
     print(f"\ntarget: digits 5-9 x {args.per_class} labelled images, {args.folds}-fold CV (2-core CPU, shared)")
     print(f"{'arm':<30} {'lr':>8} {'epochs':>6} {'layer_decay':>11} {'norm':>10} {'cv accuracy':>16} {'oof log-loss':>12} {'seconds':>8}")
+    arms = {k: v for k, v in arms.items() if args.only is None or k.startswith(args.only)}
     results = {}
     for i, (arm, overrides) in enumerate(arms.items()):
         r = stages(target, wd / "target", overrides, ("preprocess", "dedup", "augment", "train") if i == 0 else ("train",))
@@ -101,7 +103,9 @@ def main() -> None:
         results[arm] = cv["oof_accuracy"]
         print(f"{arm:<30} {r['lr']:>8.4f} {r['epochs']:>6} {str(r['layer_decay']):>11} {r['norm']:>10} "
               f"{cv['mean']:>8.3f} ± {cv['std']:.3f} {cv['oof_log_loss']:>12.3f} {r['seconds']:>8.0f}")
-    base = results["scratch"]
+    base = results.get("scratch")
+    if base is None:
+        return
     for arm, acc in results.items():
         if arm != "scratch":
             print(f"{arm}: OOF accuracy {acc:.3f} vs scratch {base:.3f} ({acc - base:+.3f})")

@@ -18,12 +18,22 @@ from typing import Any, Iterator
 import yaml
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; an artifact is as readable as any file the user writes
     os.close(fd)
     try:
         yield Path(tmp)
@@ -119,37 +129,109 @@ def hash_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()[:16]
 
 
-def list_files(root: Path) -> list[Path]:
-    """Every regular file below root, sorted, hidden names (temp files, locks) left out. Linked folders
-    are followed: a predict-only workdir links the train side of a finished one (pipeline.newtest)."""
+def list_files(root: Path, skip_dirs: tuple[Path, ...] = ()) -> list[Path]:
+    """Every file below root (broken links included), sorted, hidden names (temp files, locks) and the
+    folders skip_dirs (a workdir inside the data folder) left out. Linked folders are followed: a
+    predict-only workdir links the train side of a finished one (pipeline.newtest)."""
     root = Path(root)
     if root.is_file():
         return [root]
+    skip = {os.path.realpath(d) for d in skip_dirs}
     files = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in skip)
         files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return files
 
 
-def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> str:
+def file_records(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Size, mtime and content hash of every file below folder (relative names): what a lock records so
+    that a later reader can tell an intact output from a damaged one (changed_files)."""
+    folder = Path(folder)
+    records = {}
+    for path in list_files(folder):
+        rel = path.relative_to(folder).as_posix()
+        if rel in skip:
+            continue
+        st = path.stat()
+        records[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": hash_file(path)}
+    return records
+
+
+def changed_files(folder: Path, records: dict[str, dict]) -> dict[str, str]:
+    """The recorded files that are no longer what was written: {name: "missing" | "modified"}.
+    Cheap first (size and mtime); a file whose mtime alone moved (a copy, a touch) is hashed, and kept
+    when its content is unchanged."""
+    folder = Path(folder)
+    changed = {}
+    for rel, rec in records.items():
+        path = folder / rel
+        try:
+            st = path.stat()
+        except OSError:
+            changed[rel] = "missing"
+            continue
+        if st.st_size != rec["size"]:
+            changed[rel] = "modified"
+        elif st.st_mtime_ns != rec["mtime_ns"] and hash_file(path) != rec["hash"]:
+            changed[rel] = "modified"
+    return changed
+
+
+def fingerprint(root: Path, content: bool = False, exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+                skip_dirs: tuple[Path, ...] = ()) -> str:
     """Fingerprint of a file tree: names relative to root (so a moved folder keeps its fingerprint) with
     sizes and mtimes, or with content hashes. `only`: the files and folders directly under root that
-    count (the train side of a competition folder is train/ and train.csv); absent ones count as absent."""
+    count (the train side of a competition folder is train/ and train.csv); absent ones count as absent.
+    skip_dirs: folders that are not data (a workdir inside the data folder). A broken link counts by its
+    name (preprocess reports it as unreadable)."""
     root = Path(root)
     rows = []
     for top in sorted(only) if only is not None else [None]:
-        for path in list_files(root if top is None else root / top) if top is None or (root / top).exists() else []:
+        for path in list_files(root if top is None else root / top, skip_dirs) if top is None or (root / top).exists() else []:
             rel = path.relative_to(root).as_posix()
             if rel in exclude:
                 continue
-            stat = path.stat()
-            rows.append([rel, hash_file(path)] if content else [rel, stat.st_size, stat.st_mtime_ns])
+            try:
+                stat = path.stat()
+                rows.append([rel, hash_file(path)] if content else [rel, stat.st_size, stat.st_mtime_ns])
+            except OSError as exc:  # a broken link, or a file that cannot be read
+                rows.append([rel, f"unreadable: {exc.strerror}"])
     return hash_data(rows)
 
 
+FOLD_META = "fold.json"
+
+
+def fold_damage(fold_dir: Path) -> str | None:
+    """Why a finished fold<k>/ is no longer what was written (its fold.json records its files), or None."""
+    try:
+        meta = read_json(Path(fold_dir) / FOLD_META)
+    except (OSError, ValueError):
+        return f"{FOLD_META} unreadable"
+    changed = changed_files(fold_dir, meta.get("files", {}))  # folds of older versions recorded no files
+    if changed:
+        name, how = next(iter(changed.items()))
+        return f"{name} {'deleted' if how == 'missing' else 'modified'} since it finished"
+    return None
+
+
+def fold_key(fold_dir: Path) -> str | None:
+    try:
+        return read_json(Path(fold_dir) / FOLD_META)["key"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def finished_folds(folder: Path, key: str | None = None) -> list[int]:
-    """The fold<k>/ folders a per-fold stage finished (fold.json is written last, before the rename);
-    with `key`, only those trained with that params-and-inputs key."""
-    found = [d for d in Path(folder).glob("fold*/fold.json") if d.parent.name[4:].isdigit()]
-    return sorted(int(d.parent.name[4:]) for d in found if key is None or read_json(d)["key"] == key)
+    """The intact fold<k>/ folders a per-fold stage finished (fold.json is written last, before the
+    rename); with `key`, only those trained with that params-and-inputs key. A damaged fold (a file
+    deleted or changed since it finished) is not finished: it is trained again, never kept."""
+    found = [d for d in Path(folder).glob(f"fold*/{FOLD_META}") if d.parent.name[4:].isdigit()]
+    return sorted(int(d.parent.name[4:]) for d in found
+                  if fold_damage(d.parent) is None and (key is None or fold_key(d.parent) == key))
+
+
+def damaged_folds(folder: Path) -> dict[int, str]:
+    found = [d.parent for d in Path(folder).glob(f"fold*/{FOLD_META}") if d.parent.name[4:].isdigit()]
+    return {int(d.name[4:]): why for d in found if (why := fold_damage(d))}

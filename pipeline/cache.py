@@ -1,7 +1,7 @@
 """Read the preprocess cache and the dedup clusters, side by side (no decoding).
 
 preprocess/ and dedup/ each hold a train/ side, built from the training data alone, and a test/ side:
-  preprocess/train/{images.npy, index.csv, classes.json, report.json}
+  preprocess/train/{images.npy, index.csv, classes.json, task.json, report.json}
   preprocess/test/{images.npy, index.csv, sample_submission.csv, report.json}
   dedup/train/clusters.csv, dedup/test/clusters.csv
 A stage that depends on the train side alone (augment, train without test rows) reads `sides=("train",)`
@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.artifacts import read_json
 from pipeline.errors import StageError
+from pipeline.tasks import Task, from_json
 
 
 SIDES = ("train", "test")
@@ -37,6 +38,14 @@ def read_arrays(preprocess_dir: Path, sides: tuple[str, ...] = SIDES) -> dict[st
 
 def read_classes(preprocess_dir: Path) -> list[str]:
     return [str(c) for c in read_json(Path(preprocess_dir) / "train" / "classes.json")]
+
+
+def read_task(preprocess_dir: Path) -> Task:
+    """The task kind the train side settled (preprocess/train/task.json; a cache without one is single-label)."""
+    path = Path(preprocess_dir) / "train" / "task.json"
+    if not path.is_file():
+        return Task(kind="single_label", why="cache without task.json", separator=" ", top_k=1)
+    return from_json(read_json(path))
 
 
 def read_cache_report(preprocess_dir: Path) -> dict:

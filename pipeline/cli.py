@@ -9,8 +9,9 @@ import typer
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.console import console, is_main_process, print_wide, results
+from pipeline.console import console, is_main_process, print_wide, results, summary
 from pipeline.errors import ParamsError, PipelineError
+from pipeline.locking import writer_of
 from pipeline.finetune import load_finetuned
 from pipeline.params import Params
 from pipeline.newtest import predict_new_test
@@ -91,6 +92,7 @@ def predict(
     params: ParamsOpt = Path("params.yaml"),
     workdir: WorkdirOpt = None,
     set_: SetOpt = None,
+    use_existing: Annotated[bool, typer.Option("--use-existing", help="ensemble the folds there even when train is stale or a fold is of another recipe")] = False,
     data: Annotated[Optional[Path], typer.Option("--data", help="a new competition folder (test/ + sample_submission.csv) to predict with the finished workdir -w")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="with --data: the new predict-only workdir (the finished one is only read)")] = None,
 ) -> None:
@@ -102,7 +104,7 @@ def predict(
         _fail("--data and --out go together: pipeline predict -w TRAINED --data NEW_FOLDER --out DIR", 2)
     p, wd = _load(params, workdir, set_)
     if data is None:
-        _guard(lambda: run_stage(BY_NAME["predict"], p, wd))
+        _guard(lambda: run_stage(BY_NAME["predict"], p, wd, use_existing=use_existing))
         return
     _guard(lambda: predict_new_test(p, wd, data, out))
     results.print(f"[bold green]done[/]: submission: {out / 'predict' / 'submission.csv'}")
@@ -130,6 +132,24 @@ def run(
 
 
 @app.command()
+def init(
+    data_root: Annotated[Path, typer.Argument(help="the competition folder (train/ + train.csv, or train/<class>/)")],
+    params: ParamsOpt = Path("params.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing params file")] = False,
+) -> None:
+    """Write a commented params.yaml for a competition folder and say what was detected in it.
+
+    Example: pipeline init /data/my-competition -p params.yaml
+    """
+    from pipeline.init import init as write_params
+
+    report = _guard(lambda: write_params(data_root, params, force))
+    summary("init", report)
+    flag = "" if params == Path("params.yaml") else f" -p {params}"
+    results.print(f"next: pipeline run{flag} (or pipeline status{flag})", soft_wrap=True, markup=False)
+
+
+@app.command()
 def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, set_: SetOpt = None) -> None:
     """Say which stages are fresh, stale or missing, and why.
 
@@ -139,6 +159,9 @@ def status(params: ParamsOpt = Path("params.yaml"), workdir: WorkdirOpt = None, 
     rows = _guard(lambda: statuses(p, wd))
     for name, state, why in rows:
         typer.echo(f"{name:<15} {state:<8} {why}")
+    writer = writer_of(wd)
+    if writer:
+        console.print(f"[yellow]running:[/] {escape(writer)} is writing this workdir; outputs may change until it ends")
 
 
 @app.command()

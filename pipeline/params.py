@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ParamsError
+from pipeline.metrics import check_name as check_metric
 
 EXAMPLE_ROOT = "example:digits"
 
@@ -28,6 +29,9 @@ class DataParams(Section):
     full_hash: bool  # fingerprint the raw data by content (slow) instead of names, sizes and mtimes
     id_column: str | None  # None: detect (id, image_id, image, file, ...)
     label_column: str | None  # None: detect (label, class, target, ...)
+    task: Literal["auto", "single_label", "multi_label", "binary"]  # auto: detect from train.csv and the sample
+    tag_separator: str = Field(min_length=1)  # between the tags of one multi-label cell (and top-k answers)
+    class_order: list[str] | None  # ordinal order of the classes (qwk); None: the labels' natural order
 
 
 class CropParams(Section):
@@ -168,8 +172,10 @@ class TrainParams(Section):
     ema_warmup: bool  # timm's warmup: decay = min(ema, 1 - (1 + step)^(-2/3)), so early weights fade fast
     ema_every: int = Field(ge=1)  # update the EMA every N steps with decay ema^N (same averaging horizon)
     # Imbalance and duplicates.
-    loss: Literal["ce", "focal"]
+    loss: Literal["ce", "focal", "asymmetric"]  # multi-label: ce is binary CE per class; asymmetric (ASL) is multi-label only
     focal_gamma: float = Field(ge=0.0)
+    asl_gamma_neg: float = Field(ge=0.0)  # asymmetric loss: focusing on negative tags (positive tags: none)
+    asl_clip: float = Field(ge=0.0, lt=1.0)  # asymmetric loss: negatives below this probability cost nothing
     class_weights: Literal["none", "balanced", "sqrt"]  # weights in the loss, from the training counts
     sampler: Literal["uniform", "balanced", "sqrt"]  # draw classes evenly (balanced) or by sqrt of counts
     dedup_weights: bool  # weigh each sample by its dedup weight (a duplicate cluster counts once)
@@ -200,8 +206,16 @@ class TrainParams(Section):
     checkpoint_every: int | Literal["auto"] = Field(description="epochs between last.pt writes, or auto")
     # Stopping, metrics.
     patience: int = Field(ge=0)  # stop a fold after N epochs without improvement (0: never)
-    metric: Literal["accuracy", "macro_f1", "log_loss"]  # selects the best checkpoint and reports cv
+    metric: str  # auto or a pipeline.metrics name: picks best.pt, stops early, reports cv
+    metric_beta: float = Field(gt=0.0)  # f_beta's beta (2: recall weighs more, like F2)
+    metric_average: Literal["samples", "macro"]  # multi-label f_beta: per image then mean, or per class then mean
     eval_batch_size: int = Field(ge=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value):
+        return check_metric(value)
+
     # Distributed (torchrun): one process per GPU, DDP.
     sync_bn: bool  # SyncBatchNorm across processes (CUDA only; BatchNorm statistics of the global batch)
     dist_timeout: float = Field(gt=0.0)  # seconds a collective waits for the other ranks before the run fails
@@ -237,7 +251,7 @@ class PredictParams(Section):
     # greedy choice of the groups that improve tta_metric on out-of-fold images beyond noise.
     tta: str | list[str]
     tta_merge: Literal["auto", "mean_prob", "mean_logit", "geometric"]  # how views are merged
-    tta_metric: Literal["accuracy", "log_loss"]  # what auto TTA must improve (beyond noise) on OOF images
+    tta_metric: str  # what auto TTA must improve beyond noise on OOF images: auto (the train metric) or a metric name
     tta_shift: float = Field(gt=0.0, le=0.25)  # shift views move the image by this fraction of its side
     tta_scale: float = Field(gt=0.0, le=0.5)  # scale views zoom in by 1+s and out by 1/(1+s)
     tta_crop: float = Field(gt=0.3, lt=1.0)  # crops views keep this fraction of the side, resized back
@@ -250,6 +264,21 @@ class PredictParams(Section):
     batch_size: int = Field(ge=1)  # images x views per forward pass
     device: Literal["auto", "cpu", "cuda"]
     amp: Literal["auto", "bf16", "fp16", "off"]  # autocast on CUDA, as train.amp; auto: bf16 where supported
+    top_k: int | None = Field(ge=1)  # answers per image; None: as many as the sample's label cells hold
+    submission: Literal["auto", "labels", "probabilities"]  # one label column: labels, or the positive class's probability
+    thresholds: Literal["auto"] | float = Field(description="multi-label decision thresholds: auto (per class, fitted on OOF) or one value")
+
+    @field_validator("tta_metric")
+    @classmethod
+    def _tta_metric(cls, value):
+        return check_metric(value)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value):
+        if value != "auto" and not 0.0 < value < 1.0:
+            raise ValueError("expected auto or a number between 0 and 1")
+        return value
 
     @field_validator("tta")
     @classmethod
@@ -307,7 +336,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"-S {text!r}: expected key.path=value, e.g. -S train.epochs=3")
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"-S {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); quote it or close its brackets") from None
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:
@@ -367,7 +399,7 @@ def validate(raw: dict) -> Params:
 
 def load_raw(path: Path) -> dict:
     if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (pass --params PATH)")
+        raise ParamsError(f"{path}: params file not found; write one with `pipeline init DATA_ROOT` (or pass --params PATH)")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -22,22 +22,26 @@ missing"). Under torchrun, rank 0 alone writes locks and outputs; stages other t
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import shutil
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from pipeline import __version__, distributed
-from pipeline.artifacts import (finished_folds, fingerprint, folder_lock, hash_data, hash_file, list_files, read_json, staged_dir,
+from pipeline import __version__, checks, distributed
+from pipeline.artifacts import (FOLD_META, changed_files, damaged_folds, fold_damage, fold_key, finished_folds, fingerprint, folder_lock, hash_data, hash_file, list_files, read_json, staged_dir,
                                 write_json, write_yaml)
 from pipeline.codehash import code_groups, code_hashes
 from pipeline.console import console, summary
-from pipeline.data import SIDE_FILES
-from pipeline.errors import StageError
+from pipeline.checks import dataset_from_cache
+from pipeline.data import SIDE_FILES, discover
+from pipeline.errors import CheckError, StageError
+from pipeline.locking import fold_locks, workdir_lock
 from pipeline.params import Params, section
 
 LOCK = "lock.json"
@@ -164,7 +168,8 @@ def _dep_fingerprint(stage: Stage, params: Params, workdir: Path, dep: str, fetc
     name, side = split_dep(dep)
     if name == "data":  # one side of the competition folder, by names relative to its root
         root = data_root(params)
-        return fingerprint(root, content=params.data.full_hash, only=SIDE_FILES[side]) if root.is_dir() else None
+        # A workdir inside the data folder is not data: its own outputs would make preprocess stale forever.
+        return fingerprint(root, content=params.data.full_hash, only=SIDE_FILES[side], skip_dirs=(workdir,)) if root.is_dir() else None
     if dep.startswith(EXTERNAL):  # a train folder outside the workdir (predict.runs): names, sizes, mtimes
         folder = Path(dep[len(EXTERNAL):]).expanduser()
         return fingerprint(folder) if folder.is_dir() else None
@@ -226,11 +231,14 @@ def _params_of(stage: Stage, params: Params) -> dict[str, Any]:
     return out
 
 
-def _missing_folds(stage: Stage, params: Params, lock: dict) -> list[int]:
+def wanted_folds(stage: Stage, params: Params) -> list[int]:
     if not stage.per_fold:
         return []
-    wanted = range(params.train.folds) if params.train.fold is None else [params.train.fold]
-    return [k for k in wanted if k not in lock.get("folds", [])]
+    return list(range(params.train.folds)) if params.train.fold is None else [params.train.fold]
+
+
+def _missing_folds(stage: Stage, params: Params, lock: dict) -> list[int]:
+    return [k for k in wanted_folds(stage, params) if k not in lock.get("folds", [])]
 
 
 def _outs(folder: Path, known: dict[str, dict] | None = None) -> dict[str, dict]:
@@ -269,20 +277,20 @@ def _code_change(stage: Stage, lock: dict) -> str | None:
 
 
 def _outputs_change(folder: Path, lock: dict, prefix: str = "") -> str | None:
-    """Why the outputs (those under `prefix`) no longer match the lock, or None."""
+    """Why the outputs (those under `prefix`) no longer match the lock (a file added, deleted or
+    changed), or None."""
     recorded = {rel: rec for rel, rec in lock["outs"].items() if rel.startswith(prefix)}
     base = folder / prefix if prefix else folder
     current = {f"{prefix}{p.relative_to(base).as_posix()}" for p in list_files(base)} - {LOCK} if base.exists() else set()
-    if current != set(recorded):
-        return "outputs added or removed since the run"
-    for rel, rec in recorded.items():
-        path = folder / rel
-        st = path.stat()
-        # Size and mtime first (cheap); when they differ the content decides, so a `touch` or a copy that
-        # kept the bytes leaves the stage fresh, and only a real edit makes it stale.
-        if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]) and (st.st_size != rec["size"] or hash_file(path) != rec["hash"]):
-            return f"output {rel} modified since the run"
-    return None
+    removed, added = sorted(set(recorded) - current), sorted(current - set(recorded))
+    if removed:
+        return f"output {removed[0]} deleted since the run" + (f" (and {len(removed) - 1} more)" if len(removed) > 1 else "")
+    if added:
+        return f"output {added[0]} added since the run"
+    # Size and mtime first (cheap); when they differ the content decides, so a `touch` or a copy that
+    # kept the bytes leaves the stage fresh, and only a real edit makes it stale.
+    changed = changed_files(folder, recorded)
+    return f"output {next(iter(changed))} modified since the run" if changed else None
 
 
 def _inputs_change(stage: Stage, params: Params, workdir: Path, recorded: dict, deps, stale_upstream) -> str | None:
@@ -339,6 +347,8 @@ def _status(stage: Stage, params: Params, workdir: Path, stale_upstream) -> tupl
 
 
 def statuses(params: Params, workdir: Path) -> list[tuple[str, str, str]]:
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise CheckError(f"workdir {workdir} is a file: expected a folder for the artifacts (-w / workdir)")
     rows, stale = [], set()
     for stage in stages_for(params):
         state, why, train_side = _status(stage, params, workdir, stale)
@@ -438,25 +448,102 @@ def _inputs(params: Params, workdir: Path, all_deps: tuple[str, ...]) -> tuple[d
     return inputs, frozenset(train_only)
 
 
-def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, frozen: Path | None = None) -> dict:
-    """Run one stage into a temporary folder (per-fold stages: in place, fold by fold), record its lock,
-    then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank.
-    A sided stage carries its finished train side over when only the test side changed; with `frozen`
-    (a finished workdir) it takes that workdir's train side as it is."""
+@contextmanager
+def writer_locks(stage: Stage, params: Params, workdir: Path) -> Iterator[None]:
+    """One writer per workdir (pipeline.locking): train holds the workdir shared and its folds
+    exclusively, so fold jobs run side by side; every other stage holds the workdir alone. Under
+    torchrun rank 0 holds the locks for its job."""
+    if not distributed.from_env().main:
+        yield
+        return
+    with workdir_lock(workdir, shared=stage.per_fold):
+        with fold_locks(workdir / stage.name, wanted_folds(stage, params)) if stage.per_fold else nullcontext():
+            yield
+
+
+def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, frozen: Path | None = None,
+              use_existing: bool = False, check: bool = True) -> dict:
+    """Run one stage under the workdir's writer lock (writer_locks), after every check that can fail
+    (pipeline.checks; `run` checks all its stages once up front instead): see _run_locked."""
+    with writer_locks(stage, params, workdir):
+        if check and distributed.from_env().main:
+            require_inputs(stage, workdir)
+            verify_inputs(stage, params, workdir, use_existing)  # a damaged input is the cause to name first
+            check_before_work((stage,), params, workdir, frozen)
+        with disk_full_is_one_line(stage, workdir):
+            return _run_locked(stage, params, workdir, force, frozen, use_existing)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def disk_full_is_one_line(stage: Stage, workdir: Path) -> Iterator[None]:
+    """A full disk (or quota) ends the stage with one line naming it and the folder. What was written
+    is in the stage's hidden partial folder; the last good outputs were never touched (staged_dir)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as RuntimeError ("file write failed"), without an errno.
+        full = getattr(exc, "errno", None) in DISK_FULL or (
+            isinstance(exc, RuntimeError) and "write" in str(exc).lower() and _free_bytes(workdir) < (256 << 20))
+        if not full:
+            raise
+        raise StageError(f"{stage.name}: disk full writing in {workdir / stage.name} ({_free_bytes(workdir) / 2**20:.0f} MiB free); "
+                         "the last good outputs are intact: free space and run again") from None
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def check_before_work(stages: tuple[Stage, ...], params: Params, workdir: Path, frozen: Path | None = None) -> None:
+    """pipeline.checks on the data the stages will see: the competition folder when preprocess is among
+    them (or has not run), else preprocess's cache; with a frozen train side (a new test folder for a
+    finished workdir) only the checks that need no training data."""
+    kinds = {s.kind for s in stages}
+    data = None
+    if frozen is not None:
+        pass
+    elif "preprocess" in kinds or not (workdir / "preprocess" / LOCK).is_file():
+        root = data_root(params)
+        if root.is_dir() or "preprocess" in kinds:
+            data = discover(root, params.data.id_column, params.data.label_column)
+    else:
+        data = dataset_from_cache(workdir / "preprocess")
+    modules = {s.kind: s.module() for s in stages}
+    checks.check(params, data, [m.check for m in modules.values() if hasattr(m, "check")])
+
+
+def require_inputs(stage: Stage, workdir: Path) -> None:
     for dep in stage.deps:
         name = split_dep(dep)[0]
         if not (workdir / name / LOCK).is_file():
             command = f"pipeline {name}" if name in BY_NAME else "pipeline run"  # round<k>/ stages run from `run`
             raise StageError(f"{stage.name} needs the output of {name}, which is missing: run `{command}` first")
+
+
+def _run_locked(stage: Stage, params: Params, workdir: Path, force: bool = False, frozen: Path | None = None,
+               use_existing: bool = False) -> dict:
+    """Run one stage into a temporary folder (per-fold stages: in place, fold by fold), record its lock,
+    then swap the folder into place. Under torchrun only rank 0 writes; only train runs on every rank.
+    A sided stage carries its finished train side over when only the test side changed; with `frozen`
+    (a finished workdir) it takes that workdir's train side as it is."""
+    require_inputs(stage, workdir)
     world = distributed.from_env()
     if world.size > 1 and stage.kind != "train":
         if not world.main:
             return {}
         console.print(f"{stage.name} is single-process: rank 0 runs it, the other {world.size - 1} processes exit")
+    if world.main:
+        verify_inputs(stage, params, workdir, use_existing)
     all_deps = _deps(stage, params)
     deps = {dep: _dep_fingerprint(stage, params, workdir, dep, fetch=True) for dep in all_deps}  # fetch: may download weights
     code = code_hashes(stage.kind)
-    key = hash_data({"params": _params_of(stage, params), "deps": deps, "code": code})
+    key = stage_key(_params_of(stage, params), deps, code)
     carry, side = _train_side_plan(stage, params, workdir, deps, code, force, frozen)
     inputs, train_only = _inputs(params, workdir, all_deps)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -469,6 +556,8 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, 
             folder.mkdir(parents=True, exist_ok=True)
             for fold in finished_folds(folder) if force else []:  # finished folds are otherwise kept
                 shutil.rmtree(folder / f"fold{fold}")
+            for fold, why in damaged_folds(folder).items():
+                console.print(f"[yellow]fold {fold}[/]: {why}; training it again")
         result = stage.module().run(params, StagePaths(out=folder, inputs=inputs, key=key, train_only=train_only)) or {}
         if not world.main:
             return result
@@ -490,13 +579,72 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, 
     return result
 
 
+def current_deps(stage: Stage, params: Params, workdir: Path) -> dict[str, str | None]:
+    return {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _deps(stage, params)}
+
+
+def stage_key(stage_params: dict, deps: dict, code: dict) -> str:
+    """What a per-fold stage's folds are keyed by (fold.json): its params, input fingerprints and code."""
+    return hash_data({"params": stage_params, "deps": deps, "code": code})
+
+
+def _fold_problems(folder: Path, key: str) -> list[str]:
+    """The fold<k>/ checkpoints of a train folder predict must not use: damaged, or of another recipe."""
+    problems = []
+    for fold_dir in sorted(folder.glob("fold*/")):
+        if not fold_dir.name[4:].isdigit() or not (fold_dir / "best.pt").exists() and not (fold_dir / FOLD_META).exists():
+            continue
+        why = fold_damage(fold_dir) or (None if fold_key(fold_dir) == key else "trained with other params or inputs")
+        if why:
+            problems.append(f"{fold_dir} ({why})")
+    return problems
+
+
+def _train_problems(train: Stage, params: Params, workdir: Path) -> list[str]:
+    """Why predict must not trust this workdir's train folds and those of predict.runs (empty: it may)."""
+    state, why = stage_status(train, params, workdir)
+    problems = [f"{train.name} is stale ({why})"] if state == "stale" and not why.startswith("folds ") else []
+    key = stage_key(_params_of(train, params), current_deps(train, params, workdir), code_hashes(train.kind))
+    problems += _fold_problems(workdir / train.name, key)
+    for run in params.predict.runs:
+        folder = Path(run).expanduser()
+        lock = read_json(folder / LOCK) if (folder / LOCK).is_file() else None
+        if lock is None:
+            problems.append(f"{folder} (no {LOCK}: not a train folder written by pipeline train)")
+            continue
+        problems += _fold_problems(folder, stage_key(lock["params"], lock["deps"], lock.get("code", {})))
+    return problems
+
+
+def verify_inputs(stage: Stage, params: Params, workdir: Path, use_existing: bool = False) -> None:
+    """Before a stage trusts its upstream outputs: each is still what its lock recorded, and predict's
+    folds are intact, of the train lock's recipe and not stale (unless use_existing says to take them)."""
+    for dep in stage.deps:
+        name, side = split_dep(dep)
+        if stage.kind == "predict" and name.endswith("train"):
+            continue  # below: predict names the folds it refuses
+        lock = read_json(workdir / name / LOCK)
+        damaged = _outputs_change(workdir / name, lock, f"{side}/" if side else "") if "outs" in lock else None
+        if damaged:
+            raise CheckError(f"{stage.name} reads {name}, whose {damaged}: rerun `pipeline {name.rsplit('/', 1)[-1]}` (or `pipeline run`)")
+    if stage.kind != "predict" or use_existing:
+        return
+    by_name = {s.name: s for s in stages_for(params)}
+    train = next(by_name[split_dep(dep)[0]] for dep in stage.deps if split_dep(dep)[0].endswith("train"))
+    problems = _train_problems(train, params, workdir)
+    if problems:
+        raise CheckError(f"{stage.name} will not ensemble what train did not finish as recorded: {'; '.join(problems[:4])}"
+                         f"{f' (and {len(problems) - 4} more)' if len(problems) > 4 else ''}: run `pipeline run` (or `pipeline train`), "
+                         "or `pipeline predict --use-existing` to predict with what is there")
+
+
 def _fold_runs(out: Path) -> dict[str, dict]:
     """How each finished fold ran, from its fold.json (train: the data path and the batch size chosen
     once per run), so the lock says which engine produced the results."""
     runs = {}
     for fold in finished_folds(out):
         record = read_json(out / f"fold{fold}" / "fold.json") if (out / f"fold{fold}" / "fold.json").is_file() else {}
-        runs[str(fold)] = {k: v for k, v in record.items() if k not in ("fold", "key")}
+        runs[str(fold)] = {k: v for k, v in record.items() if k not in ("fold", "key", "files")}
     return runs
 
 
@@ -526,7 +674,12 @@ def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
     if distributed.from_env().size > 1:
         raise StageError("`pipeline run` is single-process: under torchrun launch `pipeline train`, then run "
                          "`pipeline run` or `pipeline predict` without torchrun (docs/distributed.md)")
-    check_weights(params)
+    with workdir_lock(workdir):
+        check_before_work(stages_for(params), params, workdir)  # train's check covers the pretrained weights
+        return _run_all_locked(params, workdir, force)
+
+
+def _run_all_locked(params: Params, workdir: Path, force: bool) -> list[str]:
     ran = []
     for stage in stages_for(params):
         # Upstream stages already ran, so their new locks decide (an identical output reruns nothing).
@@ -535,6 +688,6 @@ def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
             console.print(f"[green]skip[/] {stage.name}: {why}")
             continue
         console.print(f"[yellow]run[/] {stage.name}: {why if not force else 'forced'}")
-        run_stage(stage, params, workdir, force=force)
+        run_stage(stage, params, workdir, force=force, check=False)
         ran.append(stage.name)
     return ran

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_path, write_csv, write_json
-from pipeline.cache import read_arrays, read_cache_report, read_classes, read_index
+from pipeline.cache import read_arrays, read_cache_report, read_classes, read_index, read_task
+from pipeline.tasks import primary
 from pipeline.console import track
 from pipeline.params import AugmentParams, Params, ParamsError
 from pipeline.plots import plt, save_figure
@@ -30,7 +31,12 @@ CROP_RATIO = (3 / 4, 4 / 3)
 BLUR_SIGMA = (0.5, 3.0)
 
 
-def check(p: AugmentParams) -> None:
+def check(params: Params, data=None) -> None:
+    """Before any work (pipeline.checks)."""
+    check_ranges(params.augment)
+
+
+def check_ranges(p: AugmentParams) -> None:
     """Range pairs must be ordered; blur kernels odd. One line naming the key, as params errors do."""
     for key in ("crop_scale", "gamma_limit", "blur_limit", "erasing_size"):
         lo, hi = getattr(p, key)
@@ -46,7 +52,7 @@ def check(p: AugmentParams) -> None:
 
 def build(p: AugmentParams, height: int, width: int) -> A.Compose:
     """The training augmentation, geometry first, then photometric, then occlusion."""
-    check(p)
+    check_ranges(p)
     constant = dict(border_mode=cv2.BORDER_CONSTANT, fill=0)
     return A.Compose(
         [
@@ -92,17 +98,18 @@ def apply(transform: A.Compose, image: np.ndarray) -> np.ndarray:
 
 
 def expand(p: AugmentParams, transform: A.Compose, array, train: pd.DataFrame, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
-    """Augmented copies of images of classes under expand_to, cycling through each class's images."""
+    """Augmented copies of images of classes under expand_to, cycling through each class's images
+    (train.group: the class of each image; multi-label, its rarest tag; a copy keeps all its tags)."""
     transform.set_random_seed(seed)
-    counts = train.label.value_counts()
-    jobs = []  # (label, source row of the table, copy number)
-    for label, n in counts.items():
-        sources = train[train.label == label]
-        jobs += [(label, sources.iloc[k % len(sources)], k // len(sources)) for k in range(max(0, p.expand_to - int(n)))]
+    counts = train.group.value_counts()
+    jobs = []  # (class, source row of the table, copy number)
+    for group, n in counts.items():
+        sources = train[train.group == group]
+        jobs += [(group, sources.iloc[k % len(sources)], k // len(sources)) for k in range(max(0, p.expand_to - int(n)))]
     images, rows = [], []
-    for label, src, copy in track(jobs, len(jobs), "expand rare classes"):
+    for _, src, copy in track(jobs, len(jobs), "expand rare classes"):
         images.append(apply(transform, np.array(array[src.row])))
-        rows.append({"id": f"{src.id}#aug{copy}", "label": label, "source_id": src.id})
+        rows.append({"id": f"{src.id}#aug{copy}", "label": src.label, "source_id": src.id})
     stacked = np.stack(images) if images else np.zeros((0,) + array.shape[1:], np.uint8)
     return stacked, pd.DataFrame(rows, columns=["id", "label", "source_id"])
 
@@ -110,11 +117,11 @@ def expand(p: AugmentParams, transform: A.Compose, array, train: pd.DataFrame, s
 def preview(transform: A.Compose, array, train: pd.DataFrame, classes: list[str], per_class: int, path, seed: int) -> None:
     """One row per class: the original, then augmented versions of it."""
     transform.set_random_seed(seed)
-    shown = [c for c in classes if (train.label == c).any()][:PREVIEW_CLASSES]
+    shown = [c for c in classes if (train.group == c).any()][:PREVIEW_CLASSES]
     fig, axes = plt.subplots(len(shown), per_class + 1, figsize=(1.3 * (per_class + 1), 1.3 * len(shown)), squeeze=False)
     gray = array.shape[3] == 1
     for r, label in enumerate(shown):
-        image = np.array(array[train[train.label == label].row.iloc[0]])
+        image = np.array(array[train[train.group == label].row.iloc[0]])
         views = [image] + [apply(transform, image.copy()) for _ in range(per_class)]
         for c, view in enumerate(views):
             ax = axes[r, c]
@@ -142,6 +149,7 @@ def run(params: Params, paths) -> dict:
 
     index, classes = read_index(pre, ("train",)), read_classes(pre)
     train = index[index.split == "train"].reset_index(drop=True)
+    train["group"] = primary(train.label, classes, read_task(pre))  # the class it shows (multi-label: rarest tag)
     array = read_arrays(pre, ("train",))["train"]
     result = {"transforms": len(transform.transforms), "size": f"{height}x{width}"}
     if len(train):

@@ -3,7 +3,10 @@
 Outputs, one folder per side (train depends on the train side alone; pipeline.runner):
   train/images.npy, test/images.npy   uint8 arrays (N, H, W, C), memory-mapped by train and predict
   train/index.csv, test/index.csv     id, split, label, row (into that side's array), path (relative to data.root)
-  train/classes.json                  the label vocabulary, in class-index order
+  train/classes.json                  the label vocabulary (multi-label: the tags), in class-index order
+  train/task.json                     the task kind, tag separator and answers per image (pipeline.tasks;
+                                      the sample's answer format is read with the train side: it picks
+                                      the metric train selects on, and a new test set keeps that format)
   train/report.json                   size, channel mode, median/crop decisions with their measurements (all
                                       chosen from the train images), counts, skipped files
   test/sample_submission.csv          the submission template (the competition's, or id,label)
@@ -23,7 +26,9 @@ processes and written straight into memory-mapped arrays, so the cache can be la
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from dataclasses import dataclass, field
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,9 +40,11 @@ from scipy.stats import trim_mean
 
 from pipeline.artifacts import read_json, write_csv, write_json
 from pipeline.cache import IMAGES
-from pipeline.console import track
+from pipeline.console import console, track
 from pipeline.data import discover, discover_test
-from pipeline.images import ImageError, is_gray, read_image
+from pipeline.tasks import present
+from pipeline.errors import DataError, StageError
+from pipeline.images import ImageError, bit_depth, decode, is_gray, to_uint8_hwc
 from pipeline.params import Params, PreprocessParams
 
 from pipeline.params import CropParams
@@ -221,17 +228,21 @@ def pixel_count(path: Path) -> int | None:
         return None
 
 
-def read_checked(path: Path, max_pixels: int) -> np.ndarray:
+def read_checked(path: Path, max_pixels: int, bits: int | None = None) -> np.ndarray:
+    return to_uint8_hwc(decode_checked(path, max_pixels), bits)
+
+
+def decode_checked(path: Path, max_pixels: int) -> np.ndarray:
     pixels = pixel_count(path)
     if pixels is not None and pixels > max_pixels:
         raise ImageError(f"too large ({pixels} pixels > preprocess.max_pixels={max_pixels})")
-    return read_image(path)
+    return decode(path)
 
 
-def _load_one(args: tuple[str, PreprocessParams, int, tuple[int, int]]) -> tuple[np.ndarray | None, str]:
-    path, p, channels, hw = args
+def _load_one(args: tuple[str, PreprocessParams, int, tuple[int, int], int]) -> tuple[np.ndarray | None, str]:
+    path, p, channels, hw, bits = args
     try:
-        return process(read_checked(Path(path), p.max_pixels), p, channels, hw), ""
+        return process(read_checked(Path(path), p.max_pixels, bits), p, channels, hw), ""
     except ImageError as exc:
         return None, str(exc)
     except cv2.error as exc:  # e.g. an image larger than OpenCV's pixel limit
@@ -250,6 +261,7 @@ class Sample:
     sides: list[int] = field(default_factory=list)  # longer sides
     impulse: list[float] = field(default_factory=list)  # impulse-noise share per image (median auto)
     box_areas: list[float] = field(default_factory=list)  # object box area / frame per image (crop auto)
+    bits: int = 8  # bit depth of the data: 16-bit images are scaled by the dataset's depth, not each by its own
 
 
 def probe(paths: list[str], p: PreprocessParams) -> Sample:
@@ -258,10 +270,12 @@ def probe(paths: list[str], p: PreprocessParams) -> Sample:
     found = Sample()
     for k in sorted(chosen):
         try:
-            image = read_checked(Path(paths[k]), p.max_pixels)
+            raw = decode_checked(Path(paths[k]), p.max_pixels)
+            image = to_uint8_hwc(raw)
         except Exception:  # noqa: BLE001 - any bad file is reported when its split is cached
             continue
         found.gray = found.gray and is_gray(image)
+        found.bits = max(found.bits, bit_depth(raw))
         found.sides.append(max(image.shape[:2]))
         if p.median_ksize == "auto":
             found.impulse.append(impulse_share(image))
@@ -276,16 +290,40 @@ def choose_channels(mode: str, all_gray: bool) -> int:
     return 1 if all_gray else 3
 
 
-def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams, channels: int, hw, workers: int, root: Path):
+def reserve(path: Path) -> None:
+    """Allocate the memory-mapped cache file's blocks now: a full disk is then one OSError (ENOSPC) here,
+    never a SIGBUS when a page of a sparse file is first written."""
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            # the filesystem cannot preallocate (EOPNOTSUPP/EINVAL): the free-space check stands alone
+
+
+def check_free_space(out: Path, images: int, hw: tuple[int, int], channels: int) -> None:
+    """Before decoding anything: the cache must fit on the workdir's disk, with 5% to spare."""
+    needed = images * hw[0] * hw[1] * channels * 1.05 + (64 << 20)
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise StageError(f"preprocess: the cache of {images} images at {hw[0]}x{hw[1]}x{channels} needs "
+                         f"{needed / 2**30:.2f} GiB, {out} has {free / 2**30:.2f} GiB free: free space or lower preprocess.size")
+
+
+def _cache_split(rows: pd.DataFrame, out: Path, split: str, p: PreprocessParams, channels: int, hw, workers: int, root: Path,
+                 bits: int = 8):
     """Write one split's images.npy into `out`; return its index rows (with row numbers and paths
     relative to the data root, so a moved folder gives the same index) and its failures.
 
     A failed image leaves its row zero and is absent from the index, so no reader ever sees it."""
     h, w = hw
     out.mkdir(parents=True, exist_ok=True)
+    check_free_space(out, len(rows), hw, channels)
     array = np.lib.format.open_memmap(out / IMAGES, mode="w+", dtype=np.uint8, shape=(len(rows), h, w, channels))
+    reserve(out / IMAGES)
     index, failures = [], []
-    jobs = [(path, p, channels, hw) for path in rows.path]
+    jobs = [(path, p, channels, hw, bits) for path in rows.path]
     # No worker initialiser that touches OpenCV's thread pool: in a child forked from a process that
     # already used it (a second stage in the same process), cv2.setNumThreads hangs.
     with ProcessPoolExecutor(workers) as pool:
@@ -305,7 +343,10 @@ def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dic
     """The train side, from train/ and train.csv alone: the cache geometry (size, channels) is chosen
     here from the training images, and the test side follows it. Returns the train report."""
     p = params.preprocess
-    data = discover(root, params.data.id_column, params.data.label_column)
+    d = params.data
+    data = discover(root, d.id_column, d.label_column, d.task, d.tag_separator, d.class_order)
+    for note in data.notes:
+        console.print(f"[yellow]data:[/] {note}")
     train = data.manifest[data.manifest.split == "train"].reset_index(drop=True)
     sample = probe(list(train.path), p)
     sides = sample.sides
@@ -315,12 +356,20 @@ def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dic
     p = decided(p, median_ksize, crop)
     hw = target_hw(auto_size(sides, p.size_range) if p.size == "auto" else p.size)
     size_from = f"auto (median train side {int(np.median(sides)) if sides else '?'} px)" if p.size == "auto" else "params"
-    index, failures = _cache_split(train, out, "train", p, channels, hw, workers, root)
-    classes = [c for c in data.classes if c in set(index.label)]
+    out.mkdir(parents=True, exist_ok=True)
+    check_free_space(out, len(data.manifest), hw, channels)  # both sides, before decoding any
+    index, failures = _cache_split(train, out, "train", p, channels, hw, workers, root, sample.bits)
+    classes = present(data.classes, index.label, data.task)
+    if len(classes) < 2:
+        raise DataError(f"preprocess: only {len(classes)} class ({', '.join(classes) or 'none'}) has readable training images "
+                        f"after {len(failures)} unreadable files (first: {failures[0]['path'] if failures else '-'}: "
+                        f"{failures[0]['reason'] if failures else '-'}); classification needs two")
     write_csv(out / "index.csv", index)
     write_json(out / "classes.json", classes)
+    write_json(out / "task.json", data.task.as_json())
     report = {
         "layout": data.layout,
+        "task": f"{data.task.kind} ({data.task.why})" + (f", {data.task.top_k} answers per image" if data.task.top_k > 1 else ""),
         "id_column": data.id_column,
         "label_column": data.label_column,
         "size": list(hw),
@@ -332,6 +381,8 @@ def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dic
         "impulse_share": sample_stats(sample.impulse),
         "object_box_area": sample_stats(sample.box_areas),
         "channels": channels,
+        "bit_depth": sample.bits,
+        "notes": data.notes,
         "classes": len(classes),
         "train_images": len(index),
         "skipped": len(failures),
@@ -343,12 +394,16 @@ def build_train_side(params: Params, root: Path, out: Path, workers: int) -> dic
 
 def build_test_side(params: Params, root: Path, out: Path, train: dict, workers: int) -> dict:
     """The test side, from test/ and sample_submission.csv alone, at the train side's size and channels."""
-    test, sample = discover_test(root, train["id_column"], train["label_column"])
+    notes: list[str] = []
+    test, sample = discover_test(root, train["id_column"], train["label_column"], notes)
+    for note in notes:
+        console.print(f"[yellow]data:[/] {note}")
     p = decided(params.preprocess, train["median_ksize"], train["crop"])  # the train side's decisions, never the test set's
-    index, failures = _cache_split(test, out, "test", p, train["channels"], tuple(train["size"]), workers, root)
+    index, failures = _cache_split(test, out, "test", p, train["channels"], tuple(train["size"]), workers, root,
+                                   train.get("bit_depth", 8))
     write_csv(out / "index.csv", index)
     write_csv(out / "sample_submission.csv", sample)
-    report = {"test_images": len(index), "skipped": len(failures), "failures": failures}
+    report = {"test_images": len(index), "notes": notes, "skipped": len(failures), "failures": failures}
     write_json(out / "report.json", report)
     return report
 

@@ -27,3 +27,14 @@ def trained(tmp_path_factory) -> Path:
     for name in ("preprocess", "dedup", "augment", "train"):
         run_stage(BY_NAME[name], params, workdir)
     return workdir
+
+
+def record_edit(stage_dir: Path) -> None:
+    """A test's hand edits of a stage's outputs, recorded in that stage's lock as if the stage had written
+    them (outputs are trusted only while their recorded size, mtime and hash match; outs_hash and the side
+    hashes are kept, so the stages downstream stay fresh)."""
+    from pipeline.artifacts import file_records, read_json, write_json
+
+    lock = read_json(Path(stage_dir) / "lock.json")
+    lock["outs"] = file_records(stage_dir, skip=("lock.json",))
+    write_json(Path(stage_dir) / "lock.json", lock)

@@ -30,6 +30,7 @@ SKIPPED = {  # prefix -> why it cannot run here
     "kaggle": "needs the network and a Kaggle account",
     "CUDA_VISIBLE_DEVICES": "needs GPUs",
     "pipeline weights": "needs the network or a Hugging Face cache",
+    "pipeline init": "needs a competition folder (tests/test_kinds.py runs init + run on generated ones)",
 }
 SUBSTITUTIONS = {  # placeholders in the docs, and runs too long for a test
     '"$SLURM_ARRAY_TASK_ID"': "1", "$SLURM_ARRAY_TASK_ID": "1", "--fold K": "--fold 1", "rounds=N": "rounds=1",

@@ -2,6 +2,7 @@
 bf16 autocast, fp16 with the grad scaler, channels_last, torch.compile, auto batch size, resume across
 AMP modes, the cache `fits` decision, and no host sync in the step under CUDA's own sync detector."""
 
+from types import SimpleNamespace
 import warnings
 
 import pandas as pd
@@ -82,8 +83,7 @@ def test_the_cache_fits_on_the_device():
     from stages.augment import gpu_recipe
 
     params = load_params("params.yaml", ["data.root=/nonexistent"])[0]
-    data = loop.TrainData(rows=np.zeros(1000), pixels=np.zeros((1000, 64, 64, 3), np.uint8), classes=["a"], transform=None,
-                          gpu_recipe=gpu_recipe(params.augment), norm={})
+    data = SimpleNamespace(rows=np.zeros(1000), pixels=np.zeros((1000, 64, 64, 3), np.uint8), gpu_recipe=gpu_recipe(params.augment))
     path, why = data_path(params.train, data, torch.device("cuda"))
     assert path == "device" and "fits" in why
 

@@ -12,7 +12,7 @@ from pipeline.cli import app
 from pipeline.runner import BY_NAME, run_stage, stage_status
 from stages.predict.ensemble import find_members, load_model
 from tests.cache_files import save_clusters
-from tests._predict_fixtures import PARAMS, TINY, tiny_params, trained  # noqa: F401
+from tests._predict_fixtures import PARAMS, TINY, record_edit, tiny_params, trained  # noqa: F401
 
 
 def cli(workdir, *overrides):
@@ -48,7 +48,7 @@ def test_predict_cli_writes_a_valid_submission(trained):  # noqa: F811
 
 def test_auto_tta_picks_from_measured_candidates(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     run_stage(BY_NAME["predict"], tiny_params(workdir, "predict.tta=auto", "predict.tta_merge=auto",
                                               "predict.tta_oof_images=200"), workdir)
@@ -66,12 +66,13 @@ def test_auto_tta_picks_from_measured_candidates(trained, tmp_path):  # noqa: F8
 
 def test_missing_fold_is_reported_and_the_rest_predicts(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     (workdir / "train" / "fold1" / "best.pt").unlink()
     members, missing = find_members([workdir / "train"])
     assert [m.fold for m in members] == [0] and missing == [f"{workdir / 'train'}/fold1"]
-    result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
+    # A deleted checkpoint is damage (predict refuses it by default); --use-existing predicts with the rest.
+    result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir, use_existing=True)
     result = json.loads((workdir / "predict" / "summary.json").read_text())  # every number (the printed summary is shorter)
     assert result["members"] == 1 and result["missing folds"] == missing
 
@@ -97,7 +98,7 @@ def test_extra_runs_with_oof_weights(trained, tmp_path):  # noqa: F811
     oof[cols] = np.where(np.eye(len(cols))[wrong] == 1, 0.98, oof[cols].to_numpy())
     oof.to_csv(other / "oof.csv", index=False)
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     result = run_stage(BY_NAME["predict"], tiny_params(workdir, f"predict.runs=[{other}]", "predict.weights=oof"), workdir)
     result = json.loads((workdir / "predict" / "summary.json").read_text())  # every number (the printed summary is shorter)
@@ -117,7 +118,7 @@ def test_extra_run_on_another_cache_is_refused_by_name(trained, tmp_path):  # no
     (other / "preprocess" / "train").mkdir(parents=True)
     (other / "preprocess" / "train" / "report.json").write_text(json.dumps({**report, "size": [48, 48], "channels": "rgb"}))
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     result = cli(workdir, f"predict.runs=[{other / 'train'}]")
     assert result.exit_code == 2 and not (workdir / "predict").exists()
@@ -129,21 +130,26 @@ def test_extra_run_on_another_cache_is_refused_by_name(trained, tmp_path):  # no
 
 def test_bad_sample_column_fails_with_one_line(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     sample = workdir / "preprocess" / "test" / "sample_submission.csv"
     frame = pd.read_csv(sample, dtype=str)
     frame["extra"] = "x"
     frame.to_csv(sample, index=False)
     result = cli(workdir)
-    assert result.exit_code == 1
+    # An edited cache file is caught first, before any work: preprocess's lock recorded another file.
+    assert result.exit_code == 2
+    assert "preprocess, whose output test/sample_submission.csv modified since the run" in result.output
+    record_edit(workdir / "preprocess")
+    result = cli(workdir)  # a sample whose columns do not fit the classes: one line, exit 2, before any work
+    assert result.exit_code == 2
     assert "expected one label column or one column per class" in result.output
 
 
 def test_constructed_leak_is_corrected_in_the_submission(trained, tmp_path):  # noqa: F811
     """Put a test image in the dedup cluster of a train image: its submitted label becomes that image's."""
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     clusters = read_clusters(workdir / "dedup")
     index = read_index(workdir / "preprocess")
@@ -155,6 +161,7 @@ def test_constructed_leak_is_corrected_in_the_submission(trained, tmp_path):  # 
     donor = index[(index.split == "train") & (index.label != before[test_id])].iloc[0]
     clusters.loc[clusters.id == test_id, "cluster"] = int(clusters.loc[clusters.id == donor.id, "cluster"].iloc[0])
     save_clusters(workdir / "dedup", clusters)
+    record_edit(workdir / "dedup")
     result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
     result = json.loads((workdir / "predict" / "summary.json").read_text())  # every number (the printed summary is shorter)
     after = pd.read_csv(workdir / "predict" / "submission.csv", dtype=str).set_index("id").label
@@ -168,7 +175,7 @@ def test_constructed_leak_is_corrected_in_the_submission(trained, tmp_path):  # 
 
 def test_probability_sample_gets_probabilities(trained, tmp_path):  # noqa: F811
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     classes = json.loads((workdir / "preprocess" / "train" / "classes.json").read_text())
     sample_path = workdir / "preprocess" / "test" / "sample_submission.csv"
@@ -176,6 +183,7 @@ def test_probability_sample_gets_probabilities(trained, tmp_path):  # noqa: F811
     for c in reversed([str(c) for c in classes]):
         sample[c] = "0.1"
     sample.to_csv(sample_path, index=False)
+    record_edit(workdir / "preprocess")
     run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
     sub = pd.read_csv(workdir / "predict" / "submission.csv", dtype={"id": str})
     probs = pd.read_csv(workdir / "predict" / "probs.csv", dtype={"id": str})
@@ -186,12 +194,13 @@ def test_probability_sample_gets_probabilities(trained, tmp_path):  # noqa: F811
 def test_unreadable_test_image_gets_the_train_prior(trained, tmp_path):  # noqa: F811
     """A sample id preprocess could not read (absent from index.csv) still gets a row: the train prior."""
     workdir = tmp_path / "w"
-    for name in ("preprocess", "dedup", "train"):
+    for name in ("preprocess", "dedup", "augment", "train"):
         shutil.copytree(trained / name, workdir / name)
     sample_path = workdir / "preprocess" / "test" / "sample_submission.csv"
     sample = pd.read_csv(sample_path, dtype=str)
     sample = pd.concat([sample.iloc[:3], pd.DataFrame({"id": ["broken_file"], "label": ["0"]}), sample.iloc[3:]])
     sample.to_csv(sample_path, index=False)
+    record_edit(workdir / "preprocess")
     result = run_stage(BY_NAME["predict"], tiny_params(workdir), workdir)
     result = json.loads((workdir / "predict" / "summary.json").read_text())  # every number (the printed summary is shorter)
     assert result["filled with prior (unreadable)"] == 1

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import StageError
-from stages.predict.submission import build_submission, sample_format, validate_submission, write_submission
+from pipeline.errors import CheckError, StageError
+from stages.predict.submission import Answers, build_submission, sample_format, validate_submission, write_submission
 
 CLASSES = ["cat", "dog", "fox"]
 IDS = ["a", "b", "c", "d"]
@@ -72,11 +72,43 @@ def test_binary_probability_format():
     assert sample_format(sample, ["0", "1"]) == "binary"
     sub = build_submission(sample, ["a", "b"], np.array([[0.9, 0.1], [0.3, 0.7]]), ["0", "1"])
     assert sub.target.tolist() == ["0.100000", "0.700000"]
-    # integer dummy labels are a label format
-    assert sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), ["0", "1"]) == "label"
+    # 0/1 placeholders with 0/1 classes could ask for either: the run stops and says which key to set
+    with pytest.raises(CheckError, match="set predict.submission to labels or probabilities"):
+        sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), ["0", "1"])
+    assert sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), ["0", "1"], Answers(choice="labels")) == "label"
+    assert sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), ["0", "1"], Answers(choice="probabilities")) == "binary"
 
 
 def test_unknown_sample_columns():
     sample = pd.DataFrame({"id": IDS, "x": 0, "y": 0})
-    with pytest.raises(StageError, match="expected one label column or one column per class"):
+    with pytest.raises(CheckError, match="expected one label column or one column per class"):
+        sample_format(sample, CLASSES)
+
+
+@pytest.mark.parametrize("classes, values, expected", [
+    (["1", "2"], ["0"], "ask"),  # issue 11.4: 0 is not a label, and not clearly a probability either
+    (["0.0", "1.0"], ["0"], "ask"),
+    (["cat", "dog"], ["cat"], "label"),
+    (["cat", "dog"], [""], "label"),
+    (["1", "2"], ["1", "2"], "label"),
+    (["a", "b", "c"], ["0"], "label"),  # one column cannot hold three classes' probabilities
+    (["1", "2"], ["0.5"], "binary"),
+])
+def test_the_sample_decides_only_when_unambiguous(classes, values, expected):
+    sample = pd.DataFrame({"id": [f"i{k}" for k in range(len(values))], "target": values})
+    if expected == "ask":
+        with pytest.raises(CheckError, match=r"could ask for labels or for the probability .*set predict.submission"):
+            sample_format(sample, classes)
+    else:
+        assert sample_format(sample, classes) == expected
+
+
+def test_probabilities_in_one_column_need_two_classes():
+    with pytest.raises(CheckError, match="predict.submission = probabilities"):
+        sample_format(pd.DataFrame({"id": ["a"], "target": ["0"]}), CLASSES, Answers(choice="probabilities"))
+
+
+def test_a_sample_naming_a_class_train_lacks_is_named():
+    sample = pd.DataFrame({"id": IDS, "cat": 0.0, "dog": 0.0, "wolf": 0.0})
+    with pytest.raises(CheckError, match=r"not classes: \['wolf'\], classes without a column: \['fox'\]"):
         sample_format(sample, CLASSES)

@@ -1,6 +1,7 @@
 """The GPU-readiness decisions, exercised on CPU: auto batch size (an injected OOM), lr scaling, EMA
 every k steps, when last.pt is written, fused AdamW, the data path, resume across AMP modes."""
 
+from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
@@ -98,12 +99,11 @@ def test_the_data_path_is_decided_once_and_says_why():
     from stages.augment import gpu_recipe
 
     params = load_params("params.yaml", ["data.root=/nonexistent"])[0]
-    data = loop.TrainData(rows=np.zeros(10), pixels=np.zeros((10, 8, 8, 1), np.uint8), classes=["a"], transform=None,
-                          gpu_recipe=gpu_recipe(params.augment), norm={})
+    data = SimpleNamespace(rows=np.zeros(10), pixels=np.zeros((10, 8, 8, 1), np.uint8), gpu_recipe=gpu_recipe(params.augment))
     assert data_path(params.train, data, torch.device("cpu")) == ("loader", "no GPU (cpu)")
     always = params.train.model_copy(update={"gpu_augment": "always"})
     assert data_path(always, data, torch.device("cpu"))[0] == "device"
-    old = loop.TrainData(rows=np.zeros(10), pixels=data.pixels, classes=["a"], transform=None, gpu_recipe={"hflip": 0.5}, norm={})
+    old = SimpleNamespace(rows=np.zeros(10), pixels=data.pixels, gpu_recipe={"hflip": 0.5})
     path, why = data_path(params.train, old, torch.device("cuda"))
     assert path == "loader" and "lacks" in why
     with pytest.raises(StageError, match="rerun `pipeline augment`"):

@@ -8,10 +8,12 @@ Steps, each in its own module:
   3. predict the test cache with every member x the chosen views, merge views, average members.
   4. correction.py: duplicate clusters share one prediction; test duplicates of train images take
      their label.
-  5. submission.py: the sample's exact format, validated on disk.
+  5. submission.py: the sample's exact format, validated on disk; multi-label tags above per-class
+     thresholds fitted on the ensemble's OOF (scoring.py), or the top k classes.
+scoring.py: the train run's metric (train/cv.json) drives auto TTA, run weights and the thresholds.
 Outputs: probs.csv (id, p_<class>...), submission.csv, summary.json, oof.csv (the ensemble's
 out-of-fold probabilities, no TTA: the distillation teacher), tta_oof.csv, corrections.csv,
-predictions.png.
+thresholds.json (multi-label), predictions.png.
 """
 
 from __future__ import annotations
@@ -23,47 +25,22 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import metrics, tasks
 from pipeline.artifacts import read_json, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_sample
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_sample, read_task
 from pipeline.console import console, track
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.params import TTA_VIEWS, Params
 from pipeline.errors import StageError
 from stages.predict.compatible import check_runs
 from stages.predict.correction import correct, exact_leak_ids
-from pipeline.blend import fit_weights, log_loss
+from pipeline.blend import fit_weights
+from stages.predict import scoring
+from stages.predict.scoring import Result, better, rank  # noqa: F401  (Result is part of this stage's API)
 from stages.predict.ensemble import Member, find_members, load_model, predict_views, read_oof
 from stages.predict.plots import plot_predictions
-from stages.predict.submission import build_submission, write_submission
+from stages.predict.submission import Answers, build_submission, sample_format, write_submission
 from stages.predict.tta import MERGES, expand, merge
-
-
-@dataclass
-class Result:
-    """One TTA candidate measured on the out-of-fold images."""
-
-    accuracy: float
-    log_loss: float
-    correct: np.ndarray  # per image: is the argmax right
-
-
-def rank(r: Result, metric: str) -> tuple:
-    """Sort key, larger is better: the selection metric first, the other one breaks ties."""
-    return (-r.log_loss, r.accuracy) if metric == "log_loss" else (r.accuracy, -r.log_loss)
-
-
-def better(a: Result, b: Result, metric: str) -> bool:
-    """Does candidate `a` beat `b` by more than noise?
-
-    log_loss: a lower log loss (it moves smoothly, so any decrease counts).
-    accuracy: compare the images each gets right (a paired, McNemar-style test): the net number of
-    images `a` fixes must exceed one standard error, sqrt(fixed + broken), of that number under no
-    real difference. On the digits example, plain "higher accuracy" took vflip for +8 of 1438 images.
-    """
-    if metric == "log_loss":
-        return a.log_loss < b.log_loss
-    fixed, broken = int((a.correct & ~b.correct).sum()), int((~a.correct & b.correct).sum())
-    return fixed - broken > max(0.0, np.sqrt(fixed + broken))
 
 
 class Context:
@@ -72,7 +49,10 @@ class Context:
     def __init__(self, params: Params, paths):
         self.p = params.predict
         pre = paths["preprocess"]
-        self.index, self.classes = read_index(pre), read_classes(pre)
+        self.index, self.classes, self.task = read_index(pre), read_classes(pre), read_task(pre)
+        self.multi_label = self.task.multi_label
+        self.scoring = scoring.load(paths["train"], self.task, self.p.tta_metric)
+        self.thresholds, self.thresholds_from = None, None  # multi-label: set by score_oof
         self.arrays = read_arrays(pre)
         self.row_of = {s: self.index[self.index.split == s].set_index("id")["row"] for s in ("train", "test")}
         self.run_dirs = [Path(paths["train"])] + [Path(r).expanduser() for r in self.p.runs]
@@ -106,9 +86,9 @@ def fit_run_weights(ctx: Context) -> dict:
     common = sorted(set.intersection(*(set(o.index) for o in oofs)))
     if not common:
         raise StageError("predict.weights = oof: the runs share no out-of-fold ids (were they trained on the same data?)")
-    y = oofs[0].loc[common, "label"].map({c: i for i, c in enumerate(ctx.classes)}).to_numpy()
+    y = ctx.scoring.truth(oofs[0].loc[common, "label"], ctx.classes)
     columns = [f"p_{c}" for c in ctx.classes]
-    weights = fit_weights([o.loc[common, columns].to_numpy() for o in oofs], y)
+    weights = fit_weights([o.loc[common, columns].to_numpy() for o in oofs], objective=ctx.scoring.run_objective(y))
     ctx.run_weight = {str(r): float(w) for r, w in zip(ctx.run_dirs, weights)}
     return {f"weight {r}": round(float(w), 4) for r, w in zip(ctx.run_dirs, weights)}
 
@@ -141,7 +121,7 @@ def oof_view_logits(ctx: Context, groups: list[str]) -> tuple[dict[str, np.ndarr
     if ctx.p.tta_oof_images and len(ids) > ctx.p.tta_oof_images:
         ids = sorted(np.random.default_rng(ctx.seed).choice(ids, ctx.p.tta_oof_images, replace=False))
     position = pd.Series(np.arange(len(ids)), index=ids)
-    y = next(iter(oofs.values())).loc[ids, "label"].map({c: i for i, c in enumerate(ctx.classes)}).to_numpy()
+    y = ctx.scoring.truth(next(iter(oofs.values())).loc[ids, "label"], ctx.classes)
     logits = {r: np.zeros((len(views), len(ids), len(ctx.classes)), dtype=np.float32) for r in oofs}
     for member in track(ctx.members, len(ctx.members), f"TTA on OOF ({len(views)} views)"):
         fold_ids = [i for i in oofs[member.run].index[oofs[member.run].fold == member.fold] if i in position.index]
@@ -167,19 +147,21 @@ def choose_tta(ctx: Context) -> tuple[list[str], str, pd.DataFrame]:
         slices[g], start = list(range(start, start + n)), start + n
     rows = []
 
-    metric = ctx.p.tta_metric
+    metric = ctx.scoring.tta_metric
+    higher = ctx.scoring.higher_is_better(metric)
 
     def evaluate(candidate: list[str], how: str) -> Result:
         take = [k for g in candidate for k in slices[g]]
-        probs = sum(ctx.run_weight[r] * merge(v[take], how) for r, v in logits.items())
-        result = Result(float((probs.argmax(1) == y).mean()), log_loss(probs, y), probs.argmax(1) == y)
+        probs = sum(ctx.run_weight[r] * merge(v[take], how, ctx.multi_label) for r, v in logits.items())
+        result = ctx.scoring.measure(y, probs)
         rows.append({"views": "+".join(candidate), "n_views": len(take), "merge": how,
-                     "accuracy": result.accuracy, "log_loss": result.log_loss})
+                     "accuracy": result.accuracy, "log_loss": result.log_loss,
+                     **({metric: result.score} if result.score is not None else {})})
         return result
 
     def best_merge(candidate: list[str]) -> tuple[str, Result]:
         results = {how: evaluate(candidate, how) for how in merges}
-        how = max(results, key=lambda h: rank(results[h], metric))
+        how = max(results, key=lambda h: rank(results[h], metric, higher))
         return how, results[how]
 
     if not auto:
@@ -192,10 +174,10 @@ def choose_tta(ctx: Context) -> tuple[list[str], str, pd.DataFrame]:
         how, best = best_merge(chosen)
         while True:
             trials = {g: best_merge(chosen + [g]) for g in groups if g not in chosen}
-            good = {g: t for g, t in trials.items() if better(t[1], best, metric)}
+            good = {g: t for g, t in trials.items() if better(t[1], best, metric, higher)}
             if not good:
                 break
-            g = max(good, key=lambda g: rank(good[g][1], metric))
+            g = max(good, key=lambda g: rank(good[g][1], metric, higher))
             chosen, (how, best) = chosen + [g], good[g]
     table = pd.DataFrame(rows).drop_duplicates(["views", "merge"])
     table["n_images"] = len(y)
@@ -209,8 +191,14 @@ def predict_test(ctx: Context, views) -> tuple[np.ndarray, list[str], str]:
     for member in track(ctx.members, len(ctx.members), f"predict test ({len(views)} views)"):
         model, ckpt = ctx.model(member)
         logits = predict_views(model, ctx.arrays["test"], rows, ckpt["norm"], views, ctx.p.batch_size, ctx.device, ctx.amp)
-        probs += ctx.member_weight(member) * merge(logits, ctx.how)
+        probs += ctx.member_weight(member) * merge(logits, ctx.how, ctx.multi_label)
     return probs, test.id.tolist()
+
+
+def check(params: Params, data) -> None:
+    """Before any work (pipeline.checks): the sample's format is decidable with these classes."""
+    if data is not None:
+        sample_format(data.sample, [str(c) for c in data.classes], Answers(choice=params.predict.submission))
 
 
 def run(params: Params, paths) -> dict:
@@ -225,21 +213,32 @@ def run(params: Params, paths) -> dict:
     probs, ids, unread = fill_unread(ctx, paths["preprocess"], probs, ids)
     exact = exact_leak_ids(read_json(paths["dedup"] / "report.json"))
     probs, changes = correct(probs, ids, read_clusters(paths["dedup"]), ctx.train_labels, ctx.classes, ctx.p.leak_label,
-                             ctx.p.consistent_clusters, ctx.p.leak_weight, exact)
+                             ctx.p.consistent_clusters, ctx.p.leak_weight, exact, ctx.task)
     write_csv(paths.out / "corrections.csv", changes)
     probs, submission = write_outputs(ctx, paths, probs, ids)
     summary = summarize(ctx, paths, weights, oof, tta, submission, probs, unread, changes)
-    plot_predictions(paths.out / "predictions.png", probs, ctx.classes, ctx.train_labels, tta.table, ("+".join(tta.groups), ctx.how))
+    shown = ctx.train_labels.map(lambda c: tasks.split_tags(c, ctx.task.separator)).explode() if ctx.multi_label else ctx.train_labels
+    plot_predictions(paths.out / "predictions.png", probs, ctx.classes, shown, tta.table, ("+".join(tta.groups), ctx.how))
     return summary
 
 
 def score_oof(ctx: Context, out: Path) -> dict:
-    """The ensemble's out-of-fold probabilities (oof.csv: the distillation teacher) and their scores."""
+    """The ensemble's out-of-fold probabilities (oof.csv: the distillation teacher) and their scores;
+    multi-label: the decision thresholds, fitted on them (thresholds.json), which TTA is then scored with."""
     oof = ensemble_oof(ctx)
     write_csv(out / "oof.csv", oof)
-    y = oof.label.map({c: i for i, c in enumerate(ctx.classes)}).to_numpy()
+    y = ctx.scoring.truth(oof.label, ctx.classes)
     probs = oof[[f"p_{c}" for c in ctx.classes]].to_numpy()
-    return {"ensemble oof accuracy (no TTA)": float((probs.argmax(1) == y).mean()), "ensemble oof log loss (no TTA)": log_loss(probs, y)}
+    scores = {}
+    if ctx.multi_label:
+        ctx.thresholds, ctx.thresholds_from = ctx.scoring.thresholds(y, probs, ctx.p.thresholds)
+        ctx.scoring = ctx.scoring.with_thresholds(ctx.thresholds)
+        write_json(out / "thresholds.json", dict(zip(ctx.classes, np.broadcast_to(ctx.thresholds, len(ctx.classes)).tolist())))
+        scores["decision thresholds"] = ctx.thresholds_from
+    fitted = ", thresholds fitted on it" if ctx.thresholds_from and "fitted" in ctx.thresholds_from else ""
+    measured = ctx.scoring.measure(y, probs)
+    return {**scores, f"ensemble oof {ctx.scoring.metric} (no TTA{fitted})": metrics.score(ctx.scoring.metric, y, probs, ctx.scoring.options),
+            "ensemble oof accuracy (no TTA)": measured.accuracy, "ensemble oof log loss (no TTA)": measured.log_loss}
 
 
 @dataclass
@@ -266,7 +265,8 @@ def fill_unread(ctx: Context, pre: Path, probs: np.ndarray, ids: list[str]) -> t
     predicted = set(ids)
     unread = [i for i in sample[sample.columns[0]] if i not in predicted]
     if unread:
-        prior = ctx.train_labels.value_counts(normalize=True).reindex(ctx.classes, fill_value=0).to_numpy()
+        prior = (tasks.targets(ctx.train_labels, ctx.classes, ctx.task).mean(0) if ctx.multi_label  # each tag's frequency
+                 else ctx.train_labels.value_counts(normalize=True).reindex(ctx.classes, fill_value=0).to_numpy())
         ids, probs = ids + unread, np.vstack([probs, np.tile(prior, (len(unread), 1))])
     return probs, ids, unread
 
@@ -280,24 +280,40 @@ def write_outputs(ctx: Context, paths, probs: np.ndarray, ids: list[str]) -> tup
     frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in ctx.classes])
     frame.insert(0, "id", ids)
     write_csv(paths.out / "probs.csv", frame)
-    submission = build_submission(sample, ids, probs, ctx.classes)
-    write_submission(paths.out / "submission.csv", submission, sample, ctx.classes)
+    answers = answers_for(ctx, sample)
+    submission = build_submission(sample, ids, probs, ctx.classes, answers)
+    write_submission(paths.out / "submission.csv", submission, sample, ctx.classes, answers)
     return probs, submission
+
+
+def answers_for(ctx: Context, sample: pd.DataFrame) -> Answers:
+    """What each submission row answers: tags above the thresholds, or the top k classes (predict.top_k,
+    else as many as the sample's label cells hold)."""
+    return Answers(multi_label=ctx.multi_label, thresholds=0.5 if ctx.thresholds is None else ctx.thresholds,
+                   at_least_one=ctx.scoring.options.at_least_one,
+                   top_k=ctx.p.top_k or (1 if ctx.multi_label else tasks.sample_answers(sample, ctx.task.separator)),
+                   separator=ctx.task.separator, probabilities=not metrics.get(ctx.scoring.metric)[0].needs_decisions,
+                   choice=ctx.p.submission)
 
 
 def summarize(ctx: Context, paths, weights: dict, oof: dict, tta: TtaChoice, submission: pd.DataFrame, probs: np.ndarray,
               unread: list[str], changes: pd.DataFrame) -> dict:
     """The stage summary (printed) and summary.json (with the whole class distribution)."""
-    predicted = pd.Series([ctx.classes[k] for k in probs.argmax(1)])
+    if ctx.multi_label:  # every tag answered
+        tags = answers_for(ctx, read_sample(paths["preprocess"])).tags(probs)
+        predicted = pd.Series([c for row in tags for c, on in zip(ctx.classes, row) if on])
+    else:
+        predicted = pd.Series([ctx.classes[k] for k in probs.argmax(1)])
     identity, chosen = tta.identity, tta.chosen
     summary = {
         "members": len(ctx.members),
         "runs": len(ctx.run_dirs),
         "missing folds": ctx.missing,
+        "task": f"{ctx.task.kind} ({ctx.task.why})",
         **weights,
         **oof,
         "tta views": "+".join(tta.groups) + f" ({len(tta.views)} views, {ctx.how})",
-        "tta chosen by": f"OOF {ctx.p.tta_metric} (auto)" if ctx.p.tta == "auto" else "params",
+        "tta chosen by": f"OOF {ctx.scoring.tta_metric} (auto)" if ctx.p.tta == "auto" else "params",
         "oof images measured": int(chosen.n_images),
         "oof accuracy without TTA": float(identity.accuracy),
         "oof accuracy with TTA": float(chosen.accuracy),
@@ -312,7 +328,7 @@ def summarize(ctx: Context, paths, weights: dict, oof: dict, tta: TtaChoice, sub
         "corrected by cluster consistency": int((changes.rule == "cluster").sum()),
         "predictions changed by correction": int((changes.before != changes.after).sum()),
         "mean confidence": float(probs.max(1).mean()),
-        "predicted classes": predicted.value_counts().head(10).to_dict(),
+        "predicted tags" if ctx.multi_label else "predicted classes": predicted.value_counts().head(10).to_dict(),
     }
     write_json(paths.out / "summary.json", {**summary, "class distribution": predicted.value_counts().to_dict()})
     return human_summary(summary)

@@ -16,6 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pipeline import tasks
+from pipeline.tasks import Task
+
 
 def exact_leak_ids(dedup_report: dict) -> frozenset:
     """Test ids that dedup found pixel-identical to a train image of their cluster."""
@@ -23,16 +26,19 @@ def exact_leak_ids(dedup_report: dict) -> frozenset:
 
 
 def correct(probs: np.ndarray, ids: list[str], clusters: pd.DataFrame, train_labels: pd.Series, classes: list[str],
-            leak_label: bool, consistent: bool, leak_weight: float = 1.0, exact_ids: frozenset = frozenset()) -> tuple[np.ndarray, pd.DataFrame]:
+            leak_label: bool, consistent: bool, leak_weight: float = 1.0, exact_ids: frozenset = frozenset(),
+            task: Task | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Return corrected probabilities (rows of `ids`) and one row per image whose probabilities changed.
 
     clusters: clusters.csv (id, split, cluster, ...); train_labels: label by train id; exact_ids: test
-    ids pixel-identical to a train image of their cluster (blended with weight 1).
+    ids pixel-identical to a train image of their cluster (blended with weight 1). Multi-label (task):
+    a leaked test image takes each tag's share among its cluster's train images.
     """
     probs = probs.copy()
     before = probs.argmax(1)
     rule = np.array([""] * len(ids), dtype=object)
-    cluster_of = clusters.set_index("id")["cluster"]
+    # Test ids may repeat train ids (CIFAR-10 on Kaggle numbers both 1..N): look them up among test rows.
+    cluster_of = clusters[clusters.split == "test"].set_index("id")["cluster"]
     test_cluster = cluster_of.reindex(ids).to_numpy()  # NaN for ids dedup never saw (unreadable images)
     known = ~pd.isna(test_cluster)
 
@@ -47,11 +53,14 @@ def correct(probs: np.ndarray, ids: list[str], clusters: pd.DataFrame, train_lab
     if leak_label:
         train = clusters[clusters.split == "train"].copy()
         train["label"] = train.id.map(train_labels)
-        train = train[train.label.isin(classes)]
-        class_index = {c: i for i, c in enumerate(classes)}
+        multi = task is not None and task.multi_label
+        train = train[train.label.notna() & (train.label != "")] if multi else train[train.label.isin(classes)]
         distribution = {}
         for cluster, labels in train.groupby("cluster")["label"]:
-            counts = np.bincount(labels.map(class_index), minlength=len(classes)).astype(float)
+            if multi:
+                distribution[cluster] = tasks.targets(labels, classes, task).mean(0)
+                continue
+            counts = np.bincount(labels.map({c: i for i, c in enumerate(classes)}), minlength=len(classes)).astype(float)
             distribution[cluster] = counts / counts.sum()
         for k in np.where(known)[0]:
             if test_cluster[k] in distribution:

@@ -84,15 +84,21 @@ def apply_views(x: torch.Tensor, views: list[View]) -> torch.Tensor:
     return torch.cat([apply_view(x, v) for v in views])
 
 
-def merge(logits: np.ndarray | torch.Tensor, how: str) -> np.ndarray:
+def merge(logits: np.ndarray | torch.Tensor, how: str, multi_label: bool = False) -> np.ndarray:
     """(V, N, K) logits of V views -> (N, K) probabilities.
 
     mean_prob averages the views' probabilities; mean_logit averages logits, then softmax; geometric
     takes the normalised geometric mean of the probabilities. The last two are the same number:
     mean_v log softmax(l_v) = mean_v l_v - mean_v logsumexp(l_v), and the second term is a per-image
     constant that the normalisation removes. Both names are kept because competitors ask for both.
+    Multi-label: per tag, the mean sigmoid (mean_prob) or the sigmoid of the mean logit (mean_logit and
+    geometric, equal again: the normalised geometric mean of p and 1 - p is sigmoid(mean logit)).
     """
     t = torch.as_tensor(logits, dtype=torch.float64)
+    if multi_label:  # independent tags: the same merges per tag, of Bernoulli outputs (sigmoid)
+        if how not in MERGES:
+            raise ValueError(f"unknown TTA merge {how!r}; expected one of {', '.join(MERGES)}")
+        return (t.sigmoid().mean(0) if how == "mean_prob" else t.mean(0).sigmoid()).numpy()
     if how == "mean_prob":
         out = t.softmax(-1).mean(0)
     elif how == "mean_logit":

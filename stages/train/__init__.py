@@ -27,8 +27,9 @@ import pandas as pd
 import torch
 
 from pipeline import distributed as ddp
-from pipeline.artifacts import finished_folds, folder_lock, read_json, replace_dir, write_csv, write_json
-from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows
+from pipeline.artifacts import file_records, finished_folds, folder_lock, read_json, replace_dir, write_csv, write_json
+from pipeline import tasks
+from pipeline.cache import read_arrays, read_classes, read_clusters, read_index, read_pseudo_rows, read_task
 from pipeline.console import RunClock, console
 from pipeline.device import normalisation, resolve_device
 from pipeline.params import Params
@@ -38,20 +39,31 @@ from stages.train import full_fit
 from stages.train import tensorboard
 from stages.train.data import data_workers, usable_cores
 from stages.train.distill import load_teacher
-from stages.train.folds import assign_folds
-from stages.train.rows import RowStack, Rows, TrainData, concat, extra_rows
+from stages.train.folds import assign_folds, assign_multilabel_folds
+from stages.train.metrics import setup as setup_scoring
+from stages.train.rows import RowStack, Rows, TrainData, concat, extra_rows, row_classes
 
 PARTIAL = ".partial"  # folds in progress; hidden, so no fingerprint or later stage ever reads them
 
 
-def check(params: Params) -> Weights:
-    """Refuse options this version does not implement, rather than ignoring them silently; find the
-    pretrained weights (downloading them when online), or stop before any work."""
+def check(params: Params, data=None) -> None:
+    """Before any work (pipeline.checks; folds and devices are checked there): timm knows the model, the
+    pretrained weights can be had and fit it, the TensorBoard option works."""
+    from pipeline.weights import check_pretrained
+    from stages.train.model import check_model_name, readable_weights
+
     p = params.train
-    if p.fold is not None and p.fold >= p.folds:
-        raise StageError(f"train.fold = {p.fold}: expected 0..{p.folds - 1} (train.folds = {p.folds})")
+    check_model_name(p.model)
     tensorboard.check(p.tensorboard)
-    return resolve_weights(p)
+    if p.pretrained not in (None, False):
+        readable_weights(p, lambda: check_pretrained(p))
+
+
+def prepare_weights(params: Params) -> Weights:
+    """Find the pretrained weights (downloading them when online), or stop before any fold trains."""
+    from stages.train.model import readable_weights
+
+    return readable_weights(params.train, lambda: resolve_weights(params.train))
 
 
 def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[TrainData, pd.DataFrame]:
@@ -69,12 +81,14 @@ def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[Tr
     train = train[train.weight > 0].reset_index(drop=True)
     if len(train) < p.folds:
         raise StageError(f"train: {len(train)} training images for {p.folds} folds; need at least one per fold")
-    onehot = np.eye(len(classes), dtype=np.float32)
-    labels = train.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
-    labelled = Rows(ids=train.id.to_numpy(), rows=train.row.to_numpy(np.int64), labels=labels, targets=onehot[labels],
+    task = read_task(pre)
+    targets = tasks.targets(train.label, classes, task)  # one-hot, or multi-hot tags
+    labels = row_classes(targets)
+    folds = (assign_multilabel_folds(targets, train.cluster.to_numpy(), p.folds, params.seed) if task.multi_label
+             else assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed))
+    labelled = Rows(ids=train.id.to_numpy(), rows=train.row.to_numpy(np.int64), labels=labels, targets=targets,
                     weights=train.weight.to_numpy(np.float32) if p.dedup_weights else np.ones(len(train), np.float32),
-                    clusters=train.cluster.astype(str).to_numpy(), fold=assign_folds(labels, train.cluster.to_numpy(), p.folds, params.seed),
-                    kind=np.full(len(train), "labelled"))
+                    clusters=train.cluster.astype(str).to_numpy(), fold=folds, kind=np.full(len(train), "labelled"))
     parts, sources = {"labelled": labelled}, {"labelled": labelled.ids}  # sources: whose teacher target a row takes
 
     # Offline copies of rare-class images train with their source image: same cluster, same weight.
@@ -85,7 +99,7 @@ def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[Tr
         source = pd.Index(train.id).get_indexer(table.source_id)
         keep = source >= 0  # a copy of an image dedup left out stays out
         src = source[keep]
-        parts["expanded"] = extra_rows("expanded", table.id[keep], len(arrays["train"]) + np.where(keep)[0], onehot[labels[src]],
+        parts["expanded"] = extra_rows("expanded", table.id[keep], len(arrays["train"]) + np.where(keep)[0], targets[src],
                                        labelled.weights[src], labelled.clusters[src])
         sources["expanded"] = table.source_id[keep].to_numpy()
     test_offset = len(arrays["train"]) + len(copies)
@@ -106,7 +120,8 @@ def load_data(params: Params, paths, weights: Weights | None = None) -> tuple[Tr
                      norm=normalisation(arrays["train"], p.norm, params.seed, p.norm_sample,
                                         pretrained=weights_norm(weights, p.model) if p.norm == "pretrained" else None),
                      weights={"kind": weights.kind, "identity": weights.identity, "source": weights.source, "note": weights.note},
-                     loading=weight_loading(p, weights, len(classes), shape[3], tuple(shape[1:3]), classes))
+                     loading=weight_loading(p, weights, len(classes), shape[3], tuple(shape[1:3]), classes),
+                     task=task, scoring=setup_scoring(p, task, targets if task.multi_label else None))
     return data, train
 
 
@@ -128,7 +143,7 @@ def add_teacher(parts: dict, sources: dict, params: Params, index, clusters, cla
 def run(params: Params, paths) -> dict:
     from stages.train.loop import train_fold
 
-    weights = check(params)
+    weights = prepare_weights(params)
     if ddp.is_main():
         console.print(f"train: {params.train.model} {weights.describe()}")
     data, train = load_data(params, paths, weights)
@@ -140,11 +155,11 @@ def run(params: Params, paths) -> dict:
     clock = RunClock(total_epochs=params.train.epochs * len([k for k in folds if k not in finished]))
     with ddp.session(params.train.dist_timeout, device) as world:
         params = resolve_batch_size(params, data, device, world.size)
-        path, why = data_path(params.train, data, device)
+        path, why = ddp.from_main(data_path(params.train, data, device))  # one path for every rank (free memory may differ)
         p = params.train
+        console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
+                      + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {', '.join(map(str, folds))}")  # every rank says it is up
         if world.main:
-            console.print(f"train: {p.model} on {device}" + (f" (rank {world.rank} of {world.size} processes)" if world.size > 1 else "")
-                          + f", rows {data.rows.describe()}, {len(data.classes)} classes, folds {', '.join(map(str, folds))}")
             workers = f"; loader workers {data_workers('auto')} (auto: {usable_cores()} cores)" if p.workers == "auto" and path == "loader" else ""
             console.print(f"train: data path {path}: {why}{workers}")
         trained = []
@@ -226,43 +241,54 @@ def finish_fold(fold: int, probs: np.ndarray, data: TrainData, train: pd.DataFra
     frame.insert(0, "label", train.label.to_numpy()[val])
     frame.insert(0, "id", train.id.to_numpy()[val])
     write_csv(partial / "oof.csv", frame)
-    plots.curves(pd.read_csv(partial / "metrics.csv"), params.train.metric, partial / "curves.png")
+    plots.curves(pd.read_csv(partial / "metrics.csv"), data.scoring.metric, partial / "curves.png")
     scaled = read_json(partial / "recipe.json") if (partial / "recipe.json").is_file() else None  # stages.train.recipe
+    # files: the fold's files as written, so a later run keeps this fold only while they are intact.
     write_json(partial / "fold.json", {"fold": fold, "key": getattr(paths, "key", ""), **how,  # how: data path, batch size
-                                       "weights": data.weights, "recipe": scaled})
+                                       "weights": data.weights, "recipe": scaled, "files": file_records(partial)})
     replace_dir(partial, paths.out / f"fold{fold}")
 
 
 def summarize(params: Params, paths, model: str, trained: list[int]) -> dict:
     """oof.csv, cv.json, confusion.png and top_losses.png from every finished fold of this recipe (call
-    under the lock); returns the stage summary, CV first, epochs 1-based."""
+    under the lock); returns the stage summary, CV first, epochs 1-based. Multi-label: no confusion
+    matrix or top losses (one class per image), and the CV with per-class thresholds fitted on OOF."""
     from stages.train import plots, top_losses
-    from stages.train.metrics import compute
 
     p, out = params.train, paths.out
     folds = current_folds(out, getattr(paths, "key", ""))
-    classes = read_classes(paths["preprocess"])
+    classes, task = read_classes(paths["preprocess"]), read_task(paths["preprocess"])
     oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False) for k in folds],
                     ignore_index=True)
-    to_idx = {c: i for i, c in enumerate(classes)}
     columns = [f"p_{c}" for c in classes]
-    table = [fold_row(out, fold, oof[oof.fold == fold], to_idx, columns, p.metric) for fold in folds]
+    truth = tasks.truth(oof.label, classes, task)
+    scoring = setup_scoring(p, task, truth if task.multi_label else None)
+    metric = scoring.metric
+    table = [fold_row(out, fold, truth[(oof.fold == fold).to_numpy()], oof[oof.fold == fold][columns].to_numpy(), scoring) for fold in folds]
     write_csv(out / "oof.csv", oof)
-    y = oof.label.map(to_idx).to_numpy()
     probs = oof[columns].to_numpy()
-    overall = compute(y, probs)
-    plots.confusion(y, probs.argmax(1), classes, out / "confusion.png")
-    top_losses.write(out / "top_losses.png", oof, classes, paths["preprocess"], paths["dedup"])
-    values = [row[p.metric] for row in table]
+    overall = scoring.scores(truth, probs)
+    if not task.multi_label:
+        plots.confusion(truth, probs.argmax(1), classes, out / "confusion.png")
+        top_losses.write(out / "top_losses.png", oof, classes, paths["preprocess"], paths["dedup"])
+    values = [row[metric] for row in table]
     missing = [k for k in range(p.folds) if k not in folds]
-    cv = {"metric": p.metric, "mean": float(np.mean(values)), "std": float(np.std(values)),
-          "per_fold": {str(row["fold"]): row[p.metric] for row in table}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
+    o = scoring.options
+    cv = {"metric": metric, "metric_from": scoring.why, "task": task.kind,
+          "metric_options": {"beta": o.beta, "average": o.average, "at_least_one": o.at_least_one},
+          "mean": float(np.mean(values)), "std": float(np.std(values)),
+          "per_fold": {str(row["fold"]): row[metric] for row in table}, "missing_folds": missing, **{f"oof_{k}": v for k, v in overall.items()}}
+    tuned = {}
+    if scoring.uses_thresholds:
+        _, cv[f"oof_{metric}_tuned_thresholds"] = scoring.tuned(truth, probs)
+        tuned = {f"oof {metric}, thresholds fitted on OOF (optimistic)": round(cv[f"oof_{metric}_tuned_thresholds"], 4)}
     write_json(out / "cv.json", cv)
-    return {f"cv {p.metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f} over {len(folds)} of {p.folds} folds",
-            "oof": {"accuracy": round(overall["accuracy"], 4), "macro-F1": round(overall["macro_f1"], 4), "log loss": round(overall["log_loss"], 4)},
+    return {f"cv {metric}": f"{cv['mean']:.4f} ± {cv['std']:.4f} over {len(folds)} of {p.folds} folds",
+            "metric": f"{metric} ({scoring.why})", "task": f"{task.kind} ({task.why})",
+            "oof": {k.replace("_", " "): round(v, 4) for k, v in overall.items()}, **tuned,
             "folds": table, "missing folds": missing or "none", "model": model,
             "trained in this run": [f"fold {k}" for k in trained] or "none (every fold was finished)",
-            "plots": "train/confusion.png, train/top_losses.png, train/fold<k>/curves.png"}
+            "plots": "train/fold<k>/curves.png" if task.multi_label else "train/confusion.png, train/top_losses.png, train/fold<k>/curves.png"}
 
 
 def current_folds(out, key: str) -> list[int]:
@@ -278,12 +304,12 @@ def current_folds(out, key: str) -> list[int]:
     return folds
 
 
-def fold_row(out, fold: int, rows: pd.DataFrame, to_idx: dict, columns: list[str], metric: str) -> dict:
+def fold_row(out, fold: int, truth: np.ndarray, probs: np.ndarray, scoring) -> dict:
     """One line of the summary's fold table: its best checkpoint's score, which epoch (1-based), speed."""
-    from stages.train.metrics import compute
     from stages.train.plots import best_epoch
 
+    metric = scoring.metric
     history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
-    score = compute(rows.label.map(to_idx).to_numpy(), rows[columns].to_numpy())[metric]
+    score = scoring.scores(truth, probs)[metric]
     return {"fold": fold, metric: round(score, 4), "best epoch": f"{int(history.epoch[best_epoch(history, metric)]) + 1} of {len(history)}",
             "img/s": int(round(float(history.images_per_s.median()))), "minutes": round(float(history.seconds.sum()) / 60, 1)}

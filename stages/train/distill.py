@@ -31,9 +31,15 @@ def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return (probs.clamp_min(1e-8).log() / temperature).softmax(-1)
 
 
-def kl_per_sample(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 KL(teacher_T || student_T) for each image: the soft term of the loss."""
+def kl_per_sample(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float, multi_label: bool = False) -> torch.Tensor:
+    """T^2 KL(teacher_T || student_T) for each image: the soft term of the loss. Multi-label: the mean
+    over tags of the KL between independent Bernoulli outputs, each softened as sigmoid(logit / T)."""
     t = temperature
+    if multi_label:
+        teacher = (torch.logit(teacher_probs.float().clamp(1e-6, 1 - 1e-6)) / t).sigmoid()
+        z = student_logits.float() / t
+        kl = teacher * (teacher.log() - F.logsigmoid(z)) + (1 - teacher) * ((1 - teacher).log() - F.logsigmoid(-z))
+        return kl.mean(-1) * t * t
     log_student = F.log_softmax(student_logits.float() / t, dim=-1)
     teacher = soften(teacher_probs.float(), t)
     return (teacher * (teacher.clamp_min(1e-8).log() - log_student)).sum(-1) * t * t
@@ -45,10 +51,14 @@ def kl_weights(unlabelled, alpha: float):
 
 
 def combine(hard: torch.Tensor, student_logits: torch.Tensor, teacher_probs: torch.Tensor, kl_weight: torch.Tensor,
-            temperature: float, alpha: float) -> torch.Tensor:
+            temperature: float, alpha: float, multi_label: bool = False) -> torch.Tensor:
     """Per image: kl_weight * T^2 KL + (1 - alpha) * hard, `hard` being the image's hard-label loss (zero
     for an image without a label); train calls it on mixed soft targets, so mixup can mix them."""
-    return kl_weight * kl_per_sample(student_logits, teacher_probs, temperature) + (1 - alpha) * hard
+    if multi_label and alpha < 1:
+        # A tag target of zeros is a label (no tag) for BCE, not an absent one: weigh the hard term by
+        # the labelled share of the (possibly mixed) row, (1 - kl_weight) / (1 - alpha), 0 for a test row.
+        hard = hard * (1 - kl_weight) / (1 - alpha)
+    return kl_weight * kl_per_sample(student_logits, teacher_probs, temperature, multi_label) + (1 - alpha) * hard
 
 
 @dataclass

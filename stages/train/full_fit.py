@@ -20,6 +20,7 @@ from pipeline.artifacts import finished_folds, read_json, replace_dir, write_jso
 from pipeline.console import console
 from pipeline.params import Params
 from stages.train import checkpoint
+from stages.train.plots import best_epoch
 from stages.train.rows import Rows, TrainData, concat
 
 FOLDER = "full"  # beside fold<k>/; not a fold folder, so nothing reads it as one
@@ -32,9 +33,7 @@ def best_epochs(out: Path, folds: list[int], metric: str) -> dict[int, int]:
     found = {}
     for fold in folds:
         history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
-        scores = history[f"val_{metric}"]
-        best = scores.idxmin() if metric == "log_loss" else scores.idxmax()
-        found[fold] = int(history.epoch[best]) + 1
+        found[fold] = int(history.epoch[best_epoch(history, metric)]) + 1
     return found
 
 
@@ -59,7 +58,7 @@ def run(data: TrainData, params: Params, out: Path, partial: Path, key: str, dev
     folds = finished_folds(out, key)
     if len(folds) < p.folds:
         return f"waits for all {p.folds} folds ({len(folds)} finished): run `pipeline train` without --fold"
-    epochs = best_epochs(out, folds, p.metric)
+    epochs = best_epochs(out, folds, data.scoring.metric)  # the resolved metric (auto replaced)
     count = max(1, int(np.ceil(np.median(list(epochs.values())))))
     record = {"key": key, "epochs": count, "fold_best_epochs": {str(k): v for k, v in epochs.items()}}
     if (out / FOLDER / RECORD).is_file() and read_json(out / FOLDER / RECORD) == record:

@@ -32,12 +32,13 @@ from pipeline.console import EpochReporter, EpochResult, RunClock, console, repo
 from pipeline.device import autocast_dtype
 from pipeline.errors import StageError
 from pipeline.params import Params
-from stages.train import checkpoint, curriculum, distill, losses, metrics, plots, recipe, schedule
+from stages.train import checkpoint, curriculum, distill, losses, plots, recipe, schedule
 from stages.train.batch_size import scaled_lr
 from stages.train.data import CacheDataset, LoaderBatches, data_workers, epoch_order, sampling_weights
 from stages.train.ema import Ema
 from stages.train.gpu_augment import DeviceBatches
 from pipeline.weights import input_size_kwargs
+from stages.train.metrics import Scoring
 from stages.train.model import apply_freezing, create_model, create_optimizer
 from stages.train.rows import Rows, TrainData
 
@@ -83,7 +84,7 @@ class Fold:
     seed: int
     part: Rows  # the training rows
     val_rows: np.ndarray  # RowStack rows of the validation images
-    val_labels: np.ndarray
+    val_labels: np.ndarray  # what metrics score against: class indices, or (N, K) 0/1 tags for multi-label
     model: torch.nn.Module
     forward: ddp.Forward
     optimizer: torch.optim.Optimizer
@@ -103,6 +104,8 @@ class Fold:
     meta: dict  # what best.pt and last.pt carry besides weights
     channels_last: bool = False  # channels_last inputs (CUDA only)
     difficulty: np.ndarray | None = None
+    scoring: Scoring | None = None  # the selection metric (train.metric resolved for the task)
+    multi_label: bool = False  # sigmoid outputs and tag targets
 
     def lr_at(self, step: int, p) -> float:
         return schedule.lr_at(step, self.steps_per_epoch * p.epochs, self.warmup, self.lr, p, self.steps_per_epoch)
@@ -152,12 +155,13 @@ def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
             t0 = time.perf_counter()
             train_loss, images_per_s, frozen, fraction = train_one_epoch(fold, params, epoch, progress, report)
             probs = evaluate(fold, p.eval_batch_size)
-            scores = metrics.compute(fold.val_labels, probs)
+            scores = fold.scoring.scores(fold.val_labels, probs)
+            metric = fold.scoring.metric
             progress.history.append({"epoch": epoch, "lr": fold.lr_at(max(0, progress.step - 1), p), "train_loss": train_loss,
                                      "val_loss": scores["log_loss"], **{f"val_{k}": v for k, v in scores.items()},
                                      "seconds": time.perf_counter() - t0, "images_per_s": images_per_s, "pool": fraction, "frozen": frozen})
-            save(fold, params, progress, epoch, probs, scores[p.metric], time.perf_counter() - t0)
-            report_epoch(EpochResult(fold_index, epoch, p.epochs, train_loss, scores["log_loss"], p.metric, scores[p.metric],
+            save(fold, params, progress, epoch, probs, scores[metric], time.perf_counter() - t0)
+            report_epoch(EpochResult(fold_index, epoch, p.epochs, train_loss, scores["log_loss"], metric, scores[metric],
                                      progress.best, images_per_s, time.perf_counter() - t0, progress.history[-1]), report)
     if progress.history and progress.saved_after != progress.history[-1]["epoch"]:
         write_last(fold, params, progress, progress.history[-1]["epoch"])  # an early stop between checkpoints
@@ -192,14 +196,16 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
     lr = scaled_lr(p, p.batch_size)
     optimizer = create_optimizer(model, p, lr, **fused_kwargs(p.optimizer, device.type))
     amp = autocast_dtype(p.amp, device)
-    class_weight = losses.class_weights(part.labels, len(data.classes), p.class_weights)
+    multi_label = data.task.multi_label
+    class_weight = losses.class_weights(part.targets if multi_label else part.labels, len(data.classes), p.class_weights)
     warmup = int(p.warmup_epochs * steps_per_epoch)
     if ddp.is_main():
         plots.lr_schedule(fold_dir / "lr_schedule.png", p.epochs * steps_per_epoch, warmup, lr, p, steps_per_epoch)
     meta = {"model": p.model, "classes": data.classes, "in_chans": int(data.pixels.shape[3]), "norm": data.norm, "weights": data.weights,
             "model_kwargs": input_size_kwargs(p.model, tuple(data.pixels.shape[1:3])),  # predict builds the same architecture
             "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold_index}
-    return Fold(fold_index, fold_dir, seed, part, val_rows, data.rows.labels[val_idx], model,
+    val_truth = data.rows.targets[val_idx].round().astype(int) if multi_label else data.rows.labels[val_idx]
+    return Fold(fold_index, fold_dir, seed, part, val_rows, val_truth, model,
                 ddp.Forward(model, device, p.sync_bn, p.compile and device.type == "cuda"), optimizer,
                 torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
                 Ema(model, p.ema, p.ema_warmup, p.ema_every) if p.ema > 0 else None,
@@ -208,7 +214,7 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
                 RowTargets.of(part, d.alpha, device),
                 torch.tensor(class_weight, dtype=torch.float32, device=device) if class_weight is not None else None,
                 source, lr, steps_per_epoch, warmup, amp, batch_size, drop_last, sampling_weights(part.labels, p.sampler), meta,
-                channels_last=p.channels_last and device.type == "cuda")
+                channels_last=p.channels_last and device.type == "cuda", scoring=data.scoring, multi_label=multi_label)
 
 
 def fused_kwargs(optimizer: str, device_type: str) -> dict:
@@ -304,10 +310,9 @@ def batch_loss(fold: Fold, params: Params, x: torch.Tensor, idx: torch.Tensor, m
     fold.forward.sync_grads((i + 1) % p.accumulate == 0)
     with torch.autocast(x.device.type, dtype=fold.amp, enabled=fold.amp is not None):
         logits = fold.forward(x)
-    per_sample = losses.per_sample_loss(logits, losses.smooth(target, p.label_smoothing), fold.class_weight,
-                                        p.focal_gamma if p.loss == "focal" else 0.0)
+    per_sample = losses.hard_loss(logits, target, fold.class_weight, p, fold.multi_label)
     if taught is not None:
-        per_sample = distill.combine(per_sample, logits, taught, kl_weight, d.temperature, d.alpha)
+        per_sample = distill.combine(per_sample, logits, taught, kl_weight, d.temperature, d.alpha, fold.multi_label)
     loss = (per_sample * weight).sum() / share.denominator(i, weight)
     if p.l1:
         loss = loss + p.l1 * sum(q.abs().sum() for q in fold.model.parameters() if q.ndim > 1 and q.requires_grad)
@@ -369,7 +374,7 @@ def evaluate(fold: Fold, batch_size: int) -> np.ndarray:
             if fold.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(x.device.type, dtype=fold.amp, enabled=fold.amp is not None):
-                out.append(model(x).float().softmax(1))
+                out.append(losses.probabilities(model(x).float(), fold.multi_label))
         return torch.cat(out).cpu().numpy()
 
     return ddp.gather_rows(predict, np.arange(len(fold.val_rows)))
@@ -378,7 +383,7 @@ def evaluate(fold: Fold, batch_size: int) -> np.ndarray:
 def save(fold: Fold, params: Params, progress: Progress, epoch: int, probs: np.ndarray, value: float, epoch_seconds: float) -> None:
     """best.pt when the metric improves; last.pt when due (checkpoint_every) and after the last epoch."""
     p = params.train
-    if metrics.better(p.metric, value, progress.best):
+    if fold.scoring.better(value, progress.best):
         progress.best, progress.best_probs, progress.stale = value, probs, 0
         checkpoint.save(fold.dir / "best.pt", weights(fold, epoch, value))
     else:
@@ -408,7 +413,7 @@ def weights(fold: Fold, epoch: int, value: float) -> dict:
 
 def write_last(fold: Fold, params: Params, progress: Progress, epoch: int) -> None:
     t0 = time.perf_counter()
-    checkpoint.save(fold.dir / "last.pt", {**weights(fold, epoch, progress.history[-1][f"val_{params.train.metric}"]),
+    checkpoint.save(fold.dir / "last.pt", {**weights(fold, epoch, progress.history[-1][f"val_{fold.scoring.metric}"]),
                                            "optimizer": fold.optimizer.state_dict(), "scaler": fold.scaler.state_dict(),
                                            "history": progress.history, "best": progress.best, "best_probs": progress.best_probs,
                                            "stale": progress.stale, "seed": params.seed, "data": fold.part.fingerprint()})

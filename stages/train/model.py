@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Callable, TypeVar
+
 import timm
 import timm.optim
 import torch
 from timm.models import group_parameters
 
-from pipeline.errors import StageError
+from pipeline.errors import CheckError, PipelineError, StageError
 from pipeline.params import TrainParams
 from pipeline.weights import Weights, input_size_kwargs, timm_kwargs
+
+
+T = TypeVar("T")
+
+
+def check_model_name(name: str) -> None:
+    """Before any work: timm knows train.model (near names suggested)."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
+        raise CheckError(f"train.model = {name!r}: not a timm model{hint}")
+
+
+def readable_weights(p: TrainParams, read: Callable[[], T]) -> T:
+    """Run a weights reader (pipeline.weights) so that a file that is not weights (random bytes, text, a
+    broken safetensors header) is one line naming train.pretrained, not an unpickler's traceback."""
+    try:
+        return read()
+    except PipelineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.load and safetensors raise many types for a bad file
+        reason = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise CheckError(f"train.pretrained = {p.pretrained}: not a readable weights file ({type(exc).__name__}: {reason})") from None
 
 
 def architecture(p: TrainParams, size: tuple[int, int] | None) -> dict:

@@ -18,12 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.tasks import Task
+from stages.train.metrics import Scoring
+
 
 @dataclass
 class Rows:
     ids: np.ndarray  # image id (a test id for pseudo and teacher rows)
     rows: np.ndarray  # row of the RowStack
-    labels: np.ndarray  # int class for sampling, class weights and curriculum (argmax of a soft target)
+    labels: np.ndarray  # int class for sampling, class weights and curriculum (row_classes of the target)
     targets: np.ndarray  # (N, K) float32 training target: one-hot, pseudo probabilities, or zeros (teacher only)
     weights: np.ndarray  # (N,) float32 sample weight
     clusters: np.ndarray  # dedup cluster, as str
@@ -56,6 +59,17 @@ class Rows:
         return h.hexdigest()
 
 
+def row_classes(targets: np.ndarray) -> np.ndarray:
+    """One class per row, for sampling, stratification and curriculum: the argmax of a distribution;
+    for multi-label tags, the row's rarest tag (so balanced sampling reaches rare tags)."""
+    targets = np.asarray(targets, dtype=np.float32)
+    if len(targets) == 0 or np.allclose(targets.sum(1), 1.0, atol=1e-3):
+        return targets.argmax(1)
+    frequency = targets.sum(0)
+    rarity = np.where(targets > 0.5, frequency[None, :], np.inf)
+    return np.where(np.isfinite(rarity).any(1), rarity.argmin(1), targets.argmax(1))
+
+
 def concat(parts: list[Rows]) -> Rows:
     with_teacher = [p.teacher is not None for p in parts]
     assert all(with_teacher) or not any(with_teacher), "teacher targets for some parts only"
@@ -67,7 +81,7 @@ def extra_rows(kind: str, ids, rows, targets: np.ndarray, weights, clusters) -> 
     """Rows that only ever train. Teacher rows are given the teacher's probabilities as `targets`: they
     set the row's class for sampling, and the target becomes all-zero (no label: the teacher alone teaches)."""
     targets = np.asarray(targets, dtype=np.float32)
-    return Rows(ids=np.asarray(ids), rows=np.asarray(rows, dtype=np.int64), labels=targets.argmax(1),
+    return Rows(ids=np.asarray(ids), rows=np.asarray(rows, dtype=np.int64), labels=row_classes(targets),
                 targets=np.zeros_like(targets) if kind == "teacher" else targets, weights=np.asarray(weights, dtype=np.float32),
                 clusters=np.asarray(clusters).astype(str), fold=np.full(len(targets), -1), kind=np.full(len(targets), kind))
 
@@ -109,5 +123,7 @@ class TrainData:
     transform: Any  # the albumentations pipeline (CPU path)
     gpu_recipe: dict | None  # the same recipe for the device path
     norm: dict  # input mean/std
+    task: Task  # the task kind (multi-label: sigmoid outputs, tag targets)
+    scoring: Scoring  # the selection metric, resolved for the task (stages.train.metrics)
     weights: dict = field(default_factory=dict)  # the pretrained weights' kind, identity, source and why (pipeline.weights)
     loading: dict = field(default_factory=dict)  # how timm loads them into each fold's model (stages.train.model.weight_loading)
