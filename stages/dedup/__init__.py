@@ -235,8 +235,10 @@ def run(params: Params, paths) -> dict:
     clusters = pd.concat([labels.merge(train[COLUMNS], on="id", how="left"), test], ignore_index=True)
     weakest = {int(c): v for c, v in train_report["weakest_links"].items()} | found["weakest"]
     links = found["links"]
-    ids = index.id.to_numpy()
-    clusters["exact_of"] = clusters.id.map(pd.Series(ids[links["exact_of"]], index=ids))  # pixel-identical leaks
+    # Ids may repeat across sides (CIFAR-10's train and test are both numbered 1..N): key rows by side and id.
+    keys = (index.split + ":" + index.id).to_numpy()
+    cluster_keys = clusters.split + ":" + clusters.id
+    clusters["exact_of"] = cluster_keys.map(pd.Series(keys[links["exact_of"]], index=keys))  # pixel-identical leaks
     report = {
         "exact_pairs": links["exact_pairs"],
         "candidate_pairs": links["candidate_pairs"],
@@ -248,7 +250,7 @@ def run(params: Params, paths) -> dict:
         **report_clusters(clusters, weakest, d.sheet_clusters),
     }
     write_json(out / "report.json", report)  # both sides, for a person to read
-    position = pd.Series(np.arange(len(clusters)), index=clusters.id)[ids].to_numpy()  # index order -> sheet rows
+    position = pd.Series(np.arange(len(clusters)), index=cluster_keys)[keys].to_numpy()  # index order -> sheet rows
     accepted = (position[links["a"]], position[links["b"]], links["link"])
     contact_sheet(out / "contact_sheet.png", clusters, images, report, d.sheet_clusters, accepted)
     if report["label_conflicts"] or report["train_test_leaks"]:
