@@ -178,6 +178,9 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
     seed_everything(seed)
     train_idx, val_idx = data.rows.fold_split(fold_index)
     part = data.rows.subset(train_idx)
+    if len(part) < 2:  # BatchNorm cannot train on one image; say why instead of crashing inside the model
+        raise StageError(f"fold {fold_index}: {len(part)} training rows once the dedup clusters of its validation images "
+                         f"are held out (see dedup/report.json: largest_cluster); lower train.folds or raise dedup.threshold")
     if ddp.is_main():
         console.print(f"fold {fold_index}: training on {part.describe()} rows, validating on {len(val_idx)} labelled images")
     batch_size = ddp.local_batch(p.batch_size)  # this rank's share of the global batch
