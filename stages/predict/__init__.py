@@ -355,6 +355,6 @@ def human_summary(summary: dict) -> dict:
                        f"{summary['corrected by cluster consistency']} by cluster); {summary['predictions changed by correction']} "
                        f"predictions changed (predict/corrections.csv)",
         "mean confidence": summary["mean confidence"],
-        "predicted classes (top 10)": summary["predicted classes"],
+        **{f"{key} (top 10)": summary[key] for key in ("predicted classes", "predicted tags") if key in summary},
         "written": "submission.csv, probs.csv, summary.json (every number), predictions.png",
     }
