@@ -34,6 +34,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import stages.train as train_stage  # noqa: E402
+from pipeline.cache import IMAGES  # noqa: E402
 from pipeline.device import autocast_dtype  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.runner import StagePaths  # noqa: E402
@@ -61,15 +62,19 @@ def write_inputs(root: Path, images: int, size: int, channels: int, classes: int
         colour = (50 + 150 * ((labels[k, None] + np.arange(channels)) % classes) / classes)[:, None, None, :]
         cache[k] = np.clip(20 + rng.normal(0, 8, (len(k), size, size, 1)) + blob[..., None] * colour, 0, 255).astype(np.uint8)
     pre, dedup, aug = root / "preprocess", root / "dedup", root / "augment"
-    for d in (pre, dedup, aug):
+    for d in (pre / "train", pre / "test", dedup / "train", dedup / "test", aug):
         d.mkdir(parents=True)
-    np.save(pre / "train.npy", cache)
-    np.save(pre / "test.npy", cache[:0])
+    # The stages' side-by-side layout (pipeline/cache.py): train/ and test/ under preprocess and dedup.
+    np.save(pre / "train" / IMAGES, cache)
+    np.save(pre / "test" / IMAGES, cache[:0])
     ids = [f"img{i}" for i in range(images)]
-    pd.DataFrame({"id": ids, "split": "train", "label": labels.astype(str), "row": range(images), "path": ""}).to_csv(pre / "index.csv", index=False)
-    (pre / "classes.json").write_text(json.dumps([str(c) for c in range(classes)]))
-    pd.DataFrame({"id": ids, "split": "train", "cluster": range(images), "is_representative": True, "weight": 1.0}).to_csv(
-        dedup / "clusters.csv", index=False)
+    index = pd.DataFrame({"id": ids, "split": "train", "label": labels.astype(str), "row": range(images), "path": ""})
+    index.to_csv(pre / "train" / "index.csv", index=False)
+    index[:0].to_csv(pre / "test" / "index.csv", index=False)
+    (pre / "train" / "classes.json").write_text(json.dumps([str(c) for c in range(classes)]))
+    clusters = pd.DataFrame({"id": ids, "split": "train", "cluster": range(images), "is_representative": True, "weight": 1.0})
+    clusters.to_csv(dedup / "train" / "clusters.csv", index=False)
+    clusters[:0].to_csv(dedup / "test" / "clusters.csv", index=False)
     A.save(build(params.augment, size, size), str(aug / "transform.json"), data_format="json")
     (aug / "gpu_augment.json").write_text(json.dumps(gpu_recipe(params.augment)))
     return {"preprocess": pre, "dedup": dedup, "augment": aug}
