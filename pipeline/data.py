@@ -130,28 +130,6 @@ def normalise_numeric_labels(labels: pd.Series, notes: list[str]) -> pd.Series:
     return canonical
 
 
-def _strip_ids(column: pd.Series, what: str, notes: list[str]) -> pd.Series:
-    stripped = column.str.strip()
-    changed = int((stripped != column).sum())
-    if changed:
-        notes.append(f"{changed} {what} ids had spaces around them, stripped (e.g. {column[stripped != column].iloc[0]!r})")
-    return stripped
-
-
-def normalise_numeric_labels(labels: pd.Series, notes: list[str]) -> pd.Series:
-    """"1.0" and "1" are one class when every label is a number: written the shortest way ("1", "0.5").
-    Labels that are all numbers but spelled one way each are kept as written (the competition's spelling)."""
-    numbers = pd.to_numeric(labels, errors="coerce")
-    if numbers.isna().any():
-        return labels
-    canonical = numbers.map(lambda v: str(int(v)) if float(v).is_integer() else repr(float(v)))
-    if canonical.nunique() == labels.nunique():
-        return labels
-    merged = sorted({f"{a} -> {b}" for a, b in zip(labels, canonical) if a != b})
-    notes.append(f"numeric labels normalised, {labels.nunique()} spellings -> {canonical.nunique()} classes ({', '.join(merged[:4])})")
-    return canonical
-
-
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
