@@ -16,9 +16,13 @@ and epochs:
   shipped       params.yaml as shipped
   no_<knob>     shipped with one knob set to its baseline value, to see what each default is worth
   with_<knob>   median / crop forced on where auto left them off (no_median / no_crop where it chose them)
+  all_folds     shipped, every fold trained (the ensemble predict makes by default)
+  full_fit      all_folds plus train.full_fit (one more model on every image, added to the ensemble)
 Score: accuracy of predict/submission.csv on the held-out test labels (plus the fold's validation).
+Each (dataset, epochs, recipe) runs once per --seeds value (params.seed: the fold split, the weights'
+init, the augmentation draws); the table reports the mean over seeds and the paired difference.
 
-    .venv/bin/python bench/defaults.py --epochs 10 20 --out bench/defaults_results.jsonl   # appends rows
+    .venv/bin/python bench/defaults.py --epochs 10 40 --seeds 0 1 2   # appends rows to --out
     .venv/bin/python bench/defaults.py --table bench/defaults_results.jsonl                # markdown table
 """
 
@@ -56,6 +60,8 @@ KNOBS = {  # shipped minus one knob; median/crop are filled in from what auto de
     "fixed_ema_0.999": ["train.ema=0.999"],
     "mix_always": ["train.mix_min_epochs=0"],
 }
+ALL_FOLDS = ["train.fold=null"]  # five folds: the all_folds / full_fit pair (five times the cost: opt in with --only)
+EXPENSIVE = {"all_folds": ALL_FOLDS, "full_fit": [*ALL_FOLDS, "train.full_fit=true"]}
 
 
 # ---- datasets ---------------------------------------------------------------------------------------
@@ -162,31 +168,43 @@ def recipes(decided: dict, only: list[str] | None) -> dict[str, list[str]]:
     found = {"baseline": BASELINE, "shipped": [], "no_tta": ["predict.tta=[identity]"],
              ("no_median" if decided["median_ksize"] else "with_median"): [flip_median],
              ("no_crop" if decided["crop"] else "with_crop"): [flip_crop], **KNOBS}
+    if only:
+        found |= EXPENSIVE
     return {k: found[k] for k in only if k in found} if only else found  # in the order asked
 
 
 def bench(args) -> None:
     out = Path(args.out)
-    done = {(r["dataset"], r["epochs"], r["recipe_name"], r.get("tag", "")) for r in map(json.loads, out.read_text().splitlines())} if out.is_file() else set()
+    done = {row_key(r) for r in map(json.loads, out.read_text().splitlines())} if out.is_file() else set()
     for epochs in args.epochs:
         for name in args.datasets:
             data = build(name, Path(args.data))
-            base = Path(args.work) / f"{name}-e{epochs}{'-' + args.tag if args.tag else ''}"
-            shipped_dir = base / "shipped"
-            for recipe, overrides in recipes(probe_decisions(data), args.only).items():
-                if (name, epochs, recipe, args.tag) in done:
-                    continue
-                # no_tta reuses the shipped training: the runner reruns predict only.
-                workdir = shipped_dir if recipe in ("shipped", "no_tta") else base / recipe
-                if recipe == "no_tta" and not (shipped_dir / "predict" / "submission.csv").is_file():
-                    run_recipe(data, shipped_dir, [f"train.epochs={epochs}"])
-                row = run_recipe(data, workdir, [f"train.epochs={epochs}", *overrides])
-                if recipe == "no_tta":  # leave the shipped workdir as shipped for a later run
-                    run_recipe(data, shipped_dir, [f"train.epochs={epochs}"])
-                row = {"dataset": name, "epochs": epochs, "recipe_name": recipe, "tag": args.tag, "overrides": overrides, **row}
-                print(json.dumps(row), flush=True)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            plan = recipes(probe_decisions(data), args.only)
+            for seed in args.seeds:
+                base = Path(args.work) / f"{name}-e{epochs}-s{seed}{'-' + args.tag if args.tag else ''}"
+                for recipe, overrides in plan.items():
+                    if (name, epochs, recipe, args.tag, seed) not in done:
+                        run_one(data, base, recipe, [f"train.epochs={epochs}", f"seed={seed}"], overrides,
+                                {"dataset": name, "epochs": epochs, "recipe_name": recipe, "tag": args.tag, "seed": seed}, out)
+
+
+def row_key(row: dict) -> tuple:
+    return row["dataset"], row["epochs"], row["recipe_name"], row.get("tag", ""), row.get("seed", 42)
+
+
+def run_one(data: Path, base: Path, recipe: str, schedule: list[str], overrides: list[str], labels: dict, out: Path) -> None:
+    """One recipe's row, appended to `out`. no_tta reuses the shipped training (the runner reruns predict only)."""
+    shipped_dir = base / "shipped"
+    workdir = shipped_dir if recipe in ("shipped", "no_tta") else base / recipe
+    if recipe == "no_tta" and not (shipped_dir / "predict" / "submission.csv").is_file():
+        run_recipe(data, shipped_dir, schedule)
+    row = run_recipe(data, workdir, [*schedule, *overrides])
+    if recipe == "no_tta":  # leave the shipped workdir as shipped for a later run
+        run_recipe(data, shipped_dir, schedule)
+    row = {**labels, "overrides": overrides, **row}
+    print(json.dumps(row), flush=True)
+    with out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def probe_decisions(data: Path) -> dict:
@@ -204,37 +222,46 @@ def probe_decisions(data: Path) -> dict:
 # ---- table ------------------------------------------------------------------------------------------
 
 def table(path: Path, tag: str | None) -> str:
+    """Markdown, one table per schedule: mean test accuracy over seeds, and in brackets the mean of the
+    per-seed differences from shipped (paired: same seed, same fold split)."""
     rows = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
     rows["tag"] = rows.tag.fillna("")
+    rows["seed"] = rows["seed"].fillna(42).astype(int) if "seed" in rows else 42
     if tag is not None:  # the untagged ablation, plus the tagged rows (e.g. the final defaults) as rows of their own
         rows["recipe_name"] = np.where(rows.tag == tag, rows.recipe_name + f" [{tag}]", rows.recipe_name)
         rows = rows[rows.tag.isin(["", tag])]
     else:
         rows = rows[rows.tag == ""]
-    rows = rows.drop_duplicates(["dataset", "epochs", "recipe_name"], keep="last")
+    rows = rows.drop_duplicates(["dataset", "epochs", "recipe_name", "seed"], keep="last")
     lines = []
     for epochs, group in rows.groupby("epochs"):
-        pivot = group.pivot(index="recipe_name", columns="dataset", values="test_accuracy")
-        pivot = pivot[[d for d in DATASETS if d in pivot.columns]]
-        first = ["baseline", "shipped"] + sorted(i for i in pivot.index if i.endswith("]"))
-        order = first + sorted(i for i in pivot.index if i not in first)
-        pivot = pivot.reindex([i for i in order if i in pivot.index])
-        lines += [f"\n**{epochs} epochs** (test accuracy; in brackets: difference from shipped; mean: of those differences)\n",
-                  "| recipe | " + " | ".join(pivot.columns) + " | mean |", "|---|" + "---:|" * (len(pivot.columns) + 1)]
-        shipped = pivot.loc["shipped"] if "shipped" in pivot.index else None
-        for recipe, values in pivot.iterrows():
+        scores = group.pivot_table(index=["recipe_name", "seed"], columns="dataset", values="test_accuracy")
+        scores = scores[[d for d in DATASETS if d in scores.columns]]
+        mean = scores.groupby(level=0).mean()
+        seeds = scores.groupby(level=0).count()
+        diff = (scores - scores.loc["shipped"]).groupby(level=0).mean() if "shipped" in mean.index else None
+        first = ["baseline", "shipped"] + sorted(i for i in mean.index if i.endswith("]"))
+        order = [i for i in first + sorted(i for i in mean.index if i not in first) if i in mean.index]
+        lines += [f"\n**{epochs} epochs** (test accuracy, mean over seeds; in brackets: mean paired difference from "
+                  "shipped; [n]: seeds when fewer than the most)\n",
+                  "| recipe | " + " | ".join(mean.columns) + " | mean difference |", "|---|" + "---:|" * (len(mean.columns) + 1)]
+        most = int(seeds.max().max())
+        for recipe in order:
             cells, deltas = [], []
-            for dataset, v in values.items():
-                delta = None if shipped is None or recipe == "shipped" or pd.isna(v) or pd.isna(shipped[dataset]) else v - shipped[dataset]
+            for dataset in mean.columns:
+                value, n = mean.loc[recipe, dataset], int(seeds.loc[recipe, dataset])
+                delta = None if diff is None or recipe == "shipped" or pd.isna(diff.loc[recipe, dataset]) else diff.loc[recipe, dataset]
                 deltas += [] if delta is None else [delta]
-                cells.append("" if pd.isna(v) else f"{v:.3f}" + ("" if delta is None else f" ({delta:+.3f})"))
-            lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {np.mean(deltas):+.3f} |" if deltas else f"| {recipe} | " + " | ".join(cells) + " | |")
+                cells.append("" if pd.isna(value) else f"{value:.3f}" + ("" if delta is None else f" ({delta:+.3f})")
+                             + (f" [{n}]" if n < most else ""))
+            lines.append(f"| {recipe} | " + " | ".join(cells) + (f" | {np.mean(deltas):+.3f} |" if deltas else " | |"))
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 20])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 40])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="params.seed values; rows are averaged over them")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (2 threads on a shared 2-core CPU ran 16x slower than 1)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--only", nargs="+", help="run only these recipes (e.g. baseline shipped)")
