@@ -58,7 +58,7 @@ KNOBS = {  # shipped minus one knob; median/crop are filled in from what auto de
     "no_dedup_weights": ["train.dedup_weights=false"],
     # The schedule-scaled knobs forced to what they were before the scaling:
     "fixed_ema_0.999": ["train.ema=0.999"],
-    "mix_always": ["train.mix_min_epochs=0"],
+    "regularise_always": ["train.regularise_min_epochs=0"],
 }
 ALL_FOLDS = ["train.fold=null"]  # five folds: the all_folds / full_fit pair (five times the cost: opt in with --only)
 EXPENSIVE = {"all_folds": ALL_FOLDS, "full_fit": [*ALL_FOLDS, "train.full_fit=true"]}

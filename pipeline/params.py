@@ -167,7 +167,7 @@ class TrainParams(Section):
     mix_prob: float = Field(ge=0.0, le=1.0)  # probability a batch is mixed when mixup or cutmix is on
     mix_switch: float = Field(ge=0.0, le=1.0)  # with both on: probability a mixed batch uses cutmix rather than mixup
     mix_off_epochs: int = Field(ge=0)  # no mixing in the last N epochs (clean fine-tune)
-    mix_min_epochs: int = Field(ge=0)  # mixup/cutmix only in runs of at least this many epochs (0: always)
+    regularise_min_epochs: int = Field(ge=0)  # mixup/cutmix and random erasing only in runs of at least this many epochs (0: always)
     ema: float | str  # EMA decay per optimiser step (0: off); auto: from the run's optimiser steps (stages/train/recipe.py)
     ema_warmup: bool  # timm's warmup: decay = min(ema, 1 - (1 + step)^(-2/3)), so early weights fade fast
     ema_every: int = Field(ge=1)  # update the EMA every N steps with decay ema^N (same averaging horizon)

@@ -3,8 +3,10 @@ decided: class balance, curriculum pool; the DDP shard is cut from it), and the 
 
 from __future__ import annotations
 
+import copy
 import os
 
+import albumentations as A
 import numpy as np
 import torch
 
@@ -24,6 +26,24 @@ class CacheDataset(torch.utils.data.Dataset):
             image = self.transform(image=image)["image"]
             image = image[..., None] if image.ndim == 2 else image
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), int(self.targets[i]), i
+
+
+def erasing_probability(transform, gpu_recipe: dict | None) -> float:
+    """augment.erasing as the augment stage wrote it: the device recipe's, or the albumentations
+    pipeline's CoarseDropout (the only occlusion op augment builds)."""
+    if gpu_recipe is not None:
+        return float(gpu_recipe.get("erasing", 0.0))
+    found = [t.p for t in getattr(transform, "transforms", []) if isinstance(t, A.CoarseDropout)]
+    return float(found[0]) if found else 0.0
+
+
+def without_erasing(transform, gpu_recipe: dict | None):
+    """Both augmentation engines' recipes with random erasing off (a short run: stages.train.recipe)."""
+    transform = copy.deepcopy(transform)
+    for t in getattr(transform, "transforms", []):
+        if isinstance(t, A.CoarseDropout):
+            t.p = 0.0
+    return transform, (None if gpu_recipe is None else {**gpu_recipe, "erasing": 0.0})
 
 
 def sampling_weights(targets: np.ndarray, kind: str) -> np.ndarray | None:

@@ -67,7 +67,10 @@ def run(data: TrainData, params: Params, out: Path, partial: Path, key: str, dev
     if ddp.is_main():
         console.print(f"full fit: every training image for {count} epochs (median best epoch of folds {epochs}); "
                       f"logged below as fold {monitor_fold}, validated on training images (a fit check)")
-    full = params.model_copy(update={"train": p.model_copy(update={"epochs": count, "patience": 0, "fold": None})})
+    # The folds' regularisers whatever the shorter count: the full fit repeats their recipe (stages.train.recipe).
+    regularise = 0 if p.epochs >= p.regularise_min_epochs else p.regularise_min_epochs
+    full = params.model_copy(update={"train": p.model_copy(update={"epochs": count, "patience": 0, "fold": None,
+                                                                   "regularise_min_epochs": regularise})})
     train_fold(monitor_fold, dataclasses.replace(data, rows=full_rows(data.rows, monitor_fold, params.seed)), full, partial, device, path)
     if ddp.is_main():
         folder = partial / f"fold{monitor_fold}"

@@ -34,7 +34,7 @@ from pipeline.errors import StageError
 from pipeline.params import Params
 from stages.train import checkpoint, curriculum, distill, losses, plots, recipe, schedule
 from stages.train.batch_size import scaled_lr
-from stages.train.data import CacheDataset, LoaderBatches, data_workers, epoch_order, sampling_weights
+from stages.train.data import CacheDataset, LoaderBatches, data_workers, epoch_order, erasing_probability, sampling_weights, without_erasing
 from stages.train.ema import Ema
 from stages.train.gpu_augment import DeviceBatches
 from pipeline.weights import input_size_kwargs
@@ -185,13 +185,16 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
         console.print(f"fold {fold_index}: training on {part.describe()} rows, validating on {len(val_idx)} labelled images")
     batch_size = ddp.local_batch(p.batch_size)  # this rank's share of the global batch
     steps_per_epoch = max(1, len(part) // p.batch_size) // p.accumulate or 1
-    p = recipe.apply(p, steps_per_epoch, fold_index, fold_dir if ddp.is_main() else None)  # knobs scaled to this run's length
+    scaled = recipe.apply(p, steps_per_epoch, fold_index, fold_dir if ddp.is_main() else None,  # knobs scaled to this run's length
+                          erasing_probability(data.transform, data.gpu_recipe))
+    p = scaled.params
+    transform, gpu_recipe = (data.transform, data.gpu_recipe) if scaled.erasing else without_erasing(data.transform, data.gpu_recipe)
     drop_last = len(part) >= p.batch_size
     val_rows = data.rows.rows[val_idx]
     if path == "device":
-        source = DeviceBatches(data.pixels, part.rows, val_rows, data.gpu_recipe, data.norm, device)
+        source = DeviceBatches(data.pixels, part.rows, val_rows, gpu_recipe, data.norm, device)
     else:
-        dataset = CacheDataset(data.pixels, part.rows, part.labels, data.transform)
+        dataset = CacheDataset(data.pixels, part.rows, part.labels, transform)
         source = LoaderBatches(dataset, batch_size, data_workers(p.workers), drop_last, seed, data.norm, device, data.pixels, val_rows)
     model = create_model(p, len(data.classes), data.pixels.shape[3], data.loading, tuple(data.pixels.shape[1:3])).to(device)
     if p.channels_last and device.type == "cuda":

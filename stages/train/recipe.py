@@ -7,9 +7,10 @@ resumed run resolves the same recipe. What it decided is printed and recorded in
   1 - 1 / (EMA_SPAN * steps), at most EMA_MAX; off when that span is under EMA_MIN_STEPS steps.
   A fixed 0.999 averages ~1000 steps: on a run of a few hundred steps the evaluated weights lag far
   behind the trained ones. A number is used as given.
-- Mixup / cutmix (train.mix_min_epochs): on only in runs of at least that many epochs. Mixed batches
-  are a weaker signal per step; on short schedules they leave the model undertrained
-  (bench/defaults.py). 0 keeps mixing whatever the length.
+- Mixup / cutmix and random erasing (augment.erasing), the regularisers that fight overfitting: on
+  only in runs of at least train.regularise_min_epochs epochs. Mixed or erased images are a weaker
+  signal per step; on short schedules, which underfit, they cost accuracy (bench/defaults.py: erasing
+  -1.8 points on digits and -1.0 on textures at 10 epochs). 0 keeps them whatever the length.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ EMA_MIN_STEPS = 2  # an average over fewer steps than this is no average: off
 class Recipe:
     params: TrainParams  # the train params with every auto or scaled knob replaced by its value
     decided: dict = field(default_factory=dict)  # knob -> "value (why)", for the log and fold.json
+    erasing: bool = True  # keep the augmentation's random erasing (False: train without it)
 
 
 def ema_decay(ema: float | str, total_steps: int) -> tuple[float, str]:
@@ -44,26 +46,29 @@ def ema_decay(ema: float | str, total_steps: int) -> tuple[float, str]:
     return round(decay, 6), f"auto: averages ~{1 / (1 - decay):.0f} of {total_steps} optimiser steps"
 
 
-def resolve(p: TrainParams, steps_per_epoch: int) -> Recipe:
-    """The fold's effective train params for `p.epochs` epochs of `steps_per_epoch` optimiser steps."""
+def resolve(p: TrainParams, steps_per_epoch: int, erasing: float = 0.0) -> Recipe:
+    """The fold's effective train params for `p.epochs` epochs of `steps_per_epoch` optimiser steps;
+    `erasing`: the augmentation's random-erasing probability (augment.erasing)."""
     total = p.epochs * steps_per_epoch
     decay, why = ema_decay(p.ema, total)
     decided = {"ema": f"{decay} ({why})"}
     update = {"ema": decay}
+    long_run = p.epochs >= p.regularise_min_epochs
+    too_short = f"off ({p.epochs} epochs < train.regularise_min_epochs = {p.regularise_min_epochs})"
     if p.mixup or p.cutmix:
-        if p.epochs < p.mix_min_epochs:
+        if not long_run:
             update |= {"mixup": 0.0, "cutmix": 0.0}
-            decided["mixup/cutmix"] = f"off ({p.epochs} epochs < train.mix_min_epochs = {p.mix_min_epochs})"
-        else:
-            decided["mixup/cutmix"] = f"mixup {p.mixup}, cutmix {p.cutmix} (params)"
-    return Recipe(p.model_copy(update=update), decided)
+        decided["mixup/cutmix"] = f"mixup {p.mixup}, cutmix {p.cutmix} (params)" if long_run else too_short
+    if erasing > 0:
+        decided["erasing"] = f"{erasing} (augment.erasing)" if long_run else too_short
+    return Recipe(p.model_copy(update=update), decided, erasing=long_run or erasing == 0)
 
 
-def apply(p: TrainParams, steps_per_epoch: int, fold: int, fold_dir: Path | None) -> TrainParams:
+def apply(p: TrainParams, steps_per_epoch: int, fold: int, fold_dir: Path | None, erasing: float = 0.0) -> Recipe:
     """resolve(), then say what it decided and record it in fold_dir (None: a rank that does not write)."""
-    found = resolve(p, steps_per_epoch)
+    found = resolve(p, steps_per_epoch, erasing)
     if fold_dir is not None:
         console.print(f"fold {fold}: recipe for {p.epochs} epochs x {steps_per_epoch} steps: "
                       + "; ".join(f"{k} {v}" for k, v in found.decided.items()), soft_wrap=True)
         write_json(fold_dir / RECORD, {"steps_per_epoch": steps_per_epoch, "total_steps": p.epochs * steps_per_epoch, **found.decided})
-    return found.params
+    return found
