@@ -583,9 +583,17 @@ def current_deps(stage: Stage, params: Params, workdir: Path) -> dict[str, str |
     return {dep: _dep_fingerprint(stage, params, workdir, dep) for dep in _deps(stage, params)}
 
 
+# Params that add work after the folds without changing them: turning one on keeps the finished folds.
+AFTER_THE_FOLDS = {"train": ("full_fit",)}
+
+
 def stage_key(stage_params: dict, deps: dict, code: dict) -> str:
     """What a per-fold stage's folds are keyed by (fold.json): its params, input fingerprints and code."""
-    return hash_data({"params": stage_params, "deps": deps, "code": code})
+    fold_params = dict(stage_params)
+    for name, keys in AFTER_THE_FOLDS.items():
+        if isinstance(fold_params.get(name), dict):
+            fold_params[name] = {k: v for k, v in fold_params[name].items() if k not in keys}
+    return hash_data({"params": fold_params, "deps": deps, "code": code})
 
 
 def _fold_problems(folder: Path, key: str) -> list[str]:

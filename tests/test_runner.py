@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.params import load_params
-from pipeline.runner import BY_NAME, run_stage, stage_status, statuses
+from pipeline.runner import BY_NAME, run_stage, stage_key, stage_status, statuses
 
 runner = CliRunner()
 
@@ -81,3 +81,14 @@ def test_bad_data_is_one_line_and_exit_2(params_file, tmp_path):
 def test_pseudo_is_not_pretending(params_file, tmp_path):
     result = runner.invoke(app, ["pseudo", "-p", str(params_file), "-w", str(tmp_path)])
     assert result.exit_code != 0
+
+
+def test_turning_full_fit_on_or_off_keeps_the_finished_folds_key():
+    """train.full_fit adds a model after the folds: the folds' key (fold.json) ignores it, so `pipeline run
+    -S train.full_fit=true` after a finished run trains the full model alone; any other train knob retrains."""
+    def key(*overrides):
+        params = load_params("params.yaml", ["data.root=/nonexistent", *overrides])[0]
+        return stage_key({"train": params.train.model_dump(mode="json")}, {"data": "x"}, {"stages/train": "y"})
+
+    assert key("train.full_fit=true") == key("train.full_fit=false")
+    assert key("train.lr=0.001") != key()
