@@ -193,9 +193,10 @@ def row_key(row: dict) -> tuple:
 
 
 def run_one(data: Path, base: Path, recipe: str, schedule: list[str], overrides: list[str], labels: dict, out: Path) -> None:
-    """One recipe's row, appended to `out`. no_tta reuses the shipped training (the runner reruns predict only)."""
+    """One recipe's row, appended to `out`. no_tta reuses the shipped training (the runner reruns predict
+    only), full_fit the all_folds folds (the runner trains the full model alone)."""
     shipped_dir = base / "shipped"
-    workdir = shipped_dir if recipe in ("shipped", "no_tta") else base / recipe
+    workdir = {"shipped": shipped_dir, "no_tta": shipped_dir, "full_fit": base / "all_folds"}.get(recipe, base / recipe)
     if recipe == "no_tta" and not (shipped_dir / "predict" / "submission.csv").is_file():
         run_recipe(data, shipped_dir, schedule)
     row = run_recipe(data, workdir, [*schedule, *overrides])
