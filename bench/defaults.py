@@ -222,39 +222,64 @@ def probe_decisions(data: Path) -> dict:
 
 # ---- table ------------------------------------------------------------------------------------------
 
-def table(path: Path, tag: str | None) -> str:
-    """Markdown, one table per schedule: mean test accuracy over seeds, and in brackets the mean of the
-    per-seed differences from shipped (paired: same seed, same fold split)."""
+def load_rows(path: Path, tag: str | None) -> pd.DataFrame:
+    """Result rows, the last of each (dataset, epochs, recipe, seed); with `tag`, the tagged rows (e.g.
+    the defaults after a change) are kept too, named "<recipe> [<tag>]"."""
     rows = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines()])
     rows["tag"] = rows.tag.fillna("")
     rows["seed"] = rows["seed"].fillna(42).astype(int) if "seed" in rows else 42
-    if tag is not None:  # the untagged ablation, plus the tagged rows (e.g. the final defaults) as rows of their own
+    if tag is not None:
         rows["recipe_name"] = np.where(rows.tag == tag, rows.recipe_name + f" [{tag}]", rows.recipe_name)
         rows = rows[rows.tag.isin(["", tag])]
     else:
         rows = rows[rows.tag == ""]
-    rows = rows.drop_duplicates(["dataset", "epochs", "recipe_name", "seed"], keep="last")
-    lines = []
+    return rows.drop_duplicates(["dataset", "epochs", "recipe_name", "seed"], keep="last")
+
+
+def cell(value: float, delta: float | None, n: int, most: int) -> str:
+    return ("" if pd.isna(value) else f"{value:.3f}" + ("" if delta is None or pd.isna(delta) else f" ({delta:+.3f})")
+            + (f" [{n}]" if n < most else ""))
+
+
+def verdict(rows: pd.DataFrame, tag: str | None) -> list[str]:
+    """The done-when table: the shipped defaults (the tagged ones where run) against the baseline, per
+    schedule and dataset, mean over seeds and the paired difference."""
+    lines = ["\n**Shipped against the baseline** (test accuracy, mean over seeds; in brackets: shipped - baseline, "
+             "paired by seed; [n]: seeds)\n", "| epochs | dataset | baseline | shipped | shipped - baseline |", "|---:|---|---:|---:|---:|"]
+    for (epochs, dataset), group in rows.groupby(["epochs", "dataset"]):
+        by = group.set_index(["recipe_name", "seed"]).test_accuracy
+        name = f"shipped [{tag}]" if tag and f"shipped [{tag}]" in by.index.get_level_values(0) else "shipped"
+        if "baseline" not in by.index.get_level_values(0) or name not in by.index.get_level_values(0):
+            continue
+        base, ship = by.loc["baseline"], by.loc[name]
+        paired = (ship - base).dropna()
+        lines.append(f"| {epochs} | {dataset} | {base.mean():.3f} [{len(base)}] | {ship.mean():.3f} [{len(ship)}] | "
+                     f"{paired.mean():+.3f} [{len(paired)}] |")
+    return lines
+
+
+def table(path: Path, tag: str | None) -> str:
+    """Markdown: the verdict, then one table per schedule: mean test accuracy over seeds, and in brackets
+    the mean of the per-seed differences (paired: same seed, same fold split) from shipped (a tagged row:
+    from shipped with the same tag)."""
+    rows = load_rows(path, tag)
+    lines = verdict(rows, tag)
     for epochs, group in rows.groupby("epochs"):
         scores = group.pivot_table(index=["recipe_name", "seed"], columns="dataset", values="test_accuracy")
         scores = scores[[d for d in DATASETS if d in scores.columns]]
-        mean = scores.groupby(level=0).mean()
-        seeds = scores.groupby(level=0).count()
-        diff = (scores - scores.loc["shipped"]).groupby(level=0).mean() if "shipped" in mean.index else None
-        first = ["baseline", "shipped"] + sorted(i for i in mean.index if i.endswith("]"))
-        order = [i for i in first + sorted(i for i in mean.index if i not in first) if i in mean.index]
+        mean, seeds = scores.groupby(level=0).mean(), scores.groupby(level=0).count()
+        names = list(mean.index)
+        first = ["baseline", "shipped"] + sorted(i for i in names if i.startswith("shipped ["))
+        order = [i for i in first + sorted(i for i in names if i not in first) if i in names]
         lines += [f"\n**{epochs} epochs** (test accuracy, mean over seeds; in brackets: mean paired difference from "
                   "shipped; [n]: seeds when fewer than the most)\n",
                   "| recipe | " + " | ".join(mean.columns) + " | mean difference |", "|---|" + "---:|" * (len(mean.columns) + 1)]
         most = int(seeds.max().max())
         for recipe in order:
-            cells, deltas = [], []
-            for dataset in mean.columns:
-                value, n = mean.loc[recipe, dataset], int(seeds.loc[recipe, dataset])
-                delta = None if diff is None or recipe == "shipped" or pd.isna(diff.loc[recipe, dataset]) else diff.loc[recipe, dataset]
-                deltas += [] if delta is None else [delta]
-                cells.append("" if pd.isna(value) else f"{value:.3f}" + ("" if delta is None else f" ({delta:+.3f})")
-                             + (f" [{n}]" if n < most else ""))
+            reference = f"shipped [{recipe.split(' [')[1]}" if " [" in recipe and f"shipped [{recipe.split(' [')[1]}" in names else "shipped"
+            diff = (scores.loc[recipe] - scores.loc[reference]).mean() if reference in names and recipe != reference else None
+            deltas = [] if diff is None else [d for d in diff.dropna()]
+            cells = [cell(mean.loc[recipe, d], None if diff is None else diff[d], int(seeds.loc[recipe, d]), most) for d in mean.columns]
             lines.append(f"| {recipe} | " + " | ".join(cells) + (f" | {np.mean(deltas):+.3f} |" if deltas else " | |"))
     return "\n".join(lines)
 
