@@ -15,9 +15,10 @@ def train_params(*overrides: str):
     return load_params(ROOT / "params.yaml", ["data.root=/nonexistent", *overrides])[0].train
 
 
-@pytest.mark.parametrize("epochs, steps, expected", [(10, 3, 0.0), (10, 8, 0.75), (30, 100, 0.993333), (100, 10_000, recipe.EMA_MAX)])
-def test_auto_ema_averages_a_fixed_share_of_the_steps(epochs, steps, expected):
-    p = recipe.resolve(train_params("train.ema=auto", f"train.epochs={epochs}"), steps).params
+@pytest.mark.parametrize("epochs, steps, every, expected", [(10, 3, 1, 0.0), (10, 20, 1, 0.9), (10, 8, 4, 0.0), (10, 12, 4, 0.0),
+                                                       (40, 12, 4, 0.958333), (30, 100, 4, 0.993333), (100, 10_000, 4, recipe.EMA_MAX)])
+def test_auto_ema_averages_a_fixed_share_of_the_steps_and_needs_a_few_updates(epochs, steps, every, expected):
+    p = recipe.resolve(train_params("train.ema=auto", f"train.epochs={epochs}", f"train.ema_every={every}"), steps).params
     assert p.ema == pytest.approx(expected, abs=1e-6)
 
 

@@ -97,7 +97,7 @@ def test_the_step_reads_the_device_once_per_log_every_steps(tmp_path, monkeypatc
     inputs = make_inputs(tmp_path / "data", n=n)
     overrides = TINY + [f"train.batch_size={batch}", f"train.epochs={epochs}", "train.fold=0", "train.gpu_augment=always",
                         f"train.log_every={log_every}", "train.ema_every=2", "train.grad_clip=1.0", "train.mixup=0.2",
-                        "train.mix_prob=1.0", "data.root=/nonexistent"]
+                        "train.mix_prob=1.0", "train.regularise_min_epochs=0", "data.root=/nonexistent"]  # mixing on in 2 epochs
     params, _ = load_params("params.yaml", overrides)
     counter = SyncCounter(monkeypatch)
     monkeypatch.setattr(loop, "fused_kwargs", lambda optimizer, device_type: {"fused": True})  # the CUDA optimiser
