@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,7 +50,7 @@ def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def one_size(n: int, seed: int) -> dict:
     from stages.dedup import cluster_links, exact_pairs
-    from stages.dedup.calibrate import auto_threshold
+    from stages.dedup.calibrate import auto_threshold, calibration_sample
     from stages.dedup.search import neighbour_pairs
     from stages.dedup.signatures import signatures
     from stages.dedup.verify import pair_scores
@@ -68,10 +70,12 @@ def one_size(n: int, seed: int) -> dict:
     ci, cj = keep[ci], keep[cj]
     times["search_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    scores = pair_scores(sig.thumbs, ci, cj, d.max_shift)["score"]
+    sample = calibration_sample(keep, n)
+    verified = pair_scores(sig.thumbs, ci, cj, d.max_shift, always=sample[ci] | sample[cj])
+    scores = verified["score"]
     times["verify_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    threshold, _ = auto_threshold(ci, cj, scores, n)
+    threshold, _ = auto_threshold(ci, cj, scores, n, sample)
     ok = scores >= threshold
     labels, _ = cluster_links(n, np.r_[ea, ci[ok]], np.r_[eb, cj[ok]], np.r_[np.ones(len(ea)), scores[ok]])
     times["union_find_s"] = time.perf_counter() - t
@@ -79,10 +83,12 @@ def one_size(n: int, seed: int) -> dict:
     truth = (np.minimum(copies, sources) * n + np.maximum(copies, sources)).tolist()
     return {"images": n, **{k: round(v, 1) for k, v in times.items()}, "total_s": round(sum(times.values()), 1),
             "cpu_s": round(time.process_time() - cpu0, 1),
-            "candidates_per_image": round(len(ci) / n, 1), "pairs_per_s_verify": round(len(ci) / max(times["verify_s"], 1e-9)),
+            "candidates_per_image": round(len(ci) / n, 1), "verified_share": round(float(verified["verified"].mean()), 4),
+            "pairs_per_s_verify": round(len(ci) / max(times["verify_s"], 1e-9)),
             "copies_candidate": round(float(np.mean([p in pairs for p in truth])), 4),
             "copies_clustered": round(float(np.mean(labels[copies] == labels[sources])), 4), "threshold": threshold,
-            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "torch_threads": torch.get_num_threads(), "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
 def main() -> None:

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-BATCH = 4096  # pairs per grouped convolution
+from stages.dedup.workers import map_batches
+
+BATCH = 4096  # pairs per batch (one worker each: workers.py)
 ALIGN_BLUR = 1.0  # thumbnail pixels of Gaussian blur for the alignment search only
 WINDOW, STRIDE = 8, 4  # local comparison windows (thumbnail pixels)
 FLAT = 0.05  # SSIM's stabiliser c, as a fraction of the (unit) image variance: windows flatter than this match
@@ -206,15 +208,22 @@ def verify_batch(a: torch.Tensor, b: torch.Tensor, max_shift: int, chroma: tuple
     return out
 
 
-def gate_thumbs(thumbs: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def rows(x: np.ndarray, ids) -> torch.Tensor:
+    return torch.from_numpy(x[ids].astype(np.float32))
+
+
+def gate_thumbs(thumbs: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """(N, t, t) thumbnails -> (N, t / GATE_FACTOR, t / GATE_FACTOR) float16: blurred by GATE_BLUR,
     average-pooled; one linear map per axis (blur then pool), computed once per image, not per pair."""
     t = thumbs.shape[-1]
     side = t // GATE_FACTOR
     m = blur_matrix(t, GATE_BLUR).reshape(side, GATE_FACTOR, t).mean(1)  # (side, t): blur, then pool rows
     out = np.empty((len(thumbs), side, side), np.float16)
-    for lo in range(0, len(thumbs), chunk):
-        out[lo : lo + chunk] = (m @ torch.from_numpy(thumbs[lo : lo + chunk].astype(np.float32)) @ m.T).half().numpy()
+
+    def fill(lo: int) -> None:
+        out[lo : lo + chunk] = (m @ rows(thumbs, slice(lo, lo + chunk)) @ m.T).half().numpy()
+
+    map_batches(fill, range(0, len(thumbs), chunk), "gate thumbnails")
     return out
 
 
@@ -222,10 +231,6 @@ def gate_scores(a: torch.Tensor, b: torch.Tensor, max_shift: int) -> torch.Tenso
     """Best overlap-normalised correlation of two batches of gate thumbnails over the shifts that
     cover +-max_shift full-size thumbnail pixels: (P,)."""
     return shift_surface(a, b, -(-max_shift // GATE_FACTOR)).flatten(1).max(1).values
-
-
-def rows(x: np.ndarray, ids: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(x[ids].astype(np.float32))
 
 
 def pair_scores(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, max_shift: int, chroma: np.ndarray | None = None,
@@ -239,19 +244,20 @@ def pair_scores(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, max_shift: int
     out["colour"], out["verified"] = np.ones(n, np.float32), np.zeros(n, bool)
     always = np.zeros(n, bool) if always is None else always
     small = gate_thumbs(thumbs) if n else None
-    starts = range(0, n, BATCH)
-    with torch.no_grad():
-        for lo in starts if progress is None else progress(starts, len(starts), "verify"):
-            ia, jb = i[lo : lo + BATCH], j[lo : lo + BATCH]
-            gate = gate_scores(rows(small, ia), rows(small, jb), max_shift).numpy()
-            chosen = np.flatnonzero((gate >= GATE) | always[lo : lo + BATCH])
-            out["gate"][lo : lo + len(ia)] = gate
-            out["verified"][lo + chosen] = True
-            if not len(chosen):
-                continue
-            ia, jb = ia[chosen], jb[chosen]  # only these need their full thumbnails
-            colour = None if chroma is None else (rows(chroma, ia), rows(chroma, jb))
-            for k, v in verify_batch(rows(thumbs, ia), rows(thumbs, jb), max_shift, colour).items():
-                if k in out:
-                    out[k][lo + chosen] = v.numpy()
+
+    def score_batch(lo: int) -> None:  # fills its own slice of `out`
+        ia, jb = i[lo : lo + BATCH], j[lo : lo + BATCH]
+        gate = gate_scores(rows(small, ia), rows(small, jb), max_shift).numpy()
+        chosen = np.flatnonzero((gate >= GATE) | always[lo : lo + BATCH])
+        out["gate"][lo : lo + len(ia)] = gate
+        out["verified"][lo + chosen] = True
+        if not len(chosen):
+            return
+        ia, jb = ia[chosen], jb[chosen]  # only these need their full thumbnails
+        colour = None if chroma is None else (rows(chroma, ia), rows(chroma, jb))
+        for k, v in verify_batch(rows(thumbs, ia), rows(thumbs, jb), max_shift, colour).items():
+            if k in out:
+                out[k][lo + chosen] = v.numpy()
+
+    map_batches(score_batch, range(0, n, BATCH), "verify", progress)
     return out
