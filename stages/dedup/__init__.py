@@ -98,7 +98,7 @@ def score_pairs(images, d: DedupParams, progress=track) -> dict:
     sig = signatures(iter(images), n, colour=channels == 3, progress=progress)
     # exact copies are searched once, through their first occurrence; flat images not at all
     keep = np.flatnonzero((sig.stds >= d.min_std) & ~np.isin(np.arange(n), eb))
-    ci, cj, _ = neighbour_pairs(sig.embedding[keep], d.neighbours, progress)
+    ci, cj, _ = neighbour_pairs(sig.embedding if len(keep) == n else sig.embedding[keep], d.neighbours, progress)
     ci, cj = keep[ci], keep[cj]
     sample = calibration_sample(keep, n)  # their candidates skip the gate: the auto threshold is measured on them
     verified = pair_scores(sig.thumbs, ci, cj, d.max_shift, sig.chroma, progress, always=sample[ci] | sample[cj])

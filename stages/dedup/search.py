@@ -18,9 +18,9 @@ from stages.dedup.workers import map_batches
 EXACT_UP_TO = 20_000  # images; above, the inverted-file search (exact search grows as N^2: ~10 s at 20k here)
 BLOCK = 1024  # queries per matrix product in the exact search
 CELLS_PER_ROOT = 4  # inverted-file cells: this many times sqrt(N)
-PROBE = 16  # inverted-file search: each image looks among the images filed in its PROBE nearest cells
+PROBE = 24  # inverted-file search: each image looks among the images filed in its PROBE nearest cells
 KMEANS_ITERATIONS = 8
-KMEANS_SAMPLE = 64  # points per cell the centroids are trained on
+KMEANS_SAMPLE = 32  # points per cell the centroids are trained on
 QUERY_CHUNK = 65536  # images searched together (their per-cell results: QUERY_CHUNK * PROBE * (k + 1) entries)
 
 
@@ -59,12 +59,17 @@ def exact_knn(embedding: np.ndarray, k: int, progress=None) -> tuple[np.ndarray,
     return unique_pairs(*concat(parts), n)
 
 
+def nearest_cells(x: torch.Tensor, centroids: torch.Tensor, count: int) -> torch.Tensor:
+    """Each row's `count` most similar centroids, in blocks (a million rows by 4000 cells is 16 GB at once)."""
+    return torch.cat([(x[lo : lo + 16384] @ centroids.T).topk(count, dim=1).indices for lo in range(0, len(x), 16384)])
+
+
 def spherical_kmeans(embedding: torch.Tensor, cells: int, rng: np.random.Generator) -> torch.Tensor:
     """Unit-norm centroids of `cells` clusters, trained on a sample of at most KMEANS_SAMPLE points per cell."""
     sample = embedding[torch.from_numpy(rng.choice(len(embedding), min(len(embedding), KMEANS_SAMPLE * cells), replace=False))]
     centroids = sample[torch.from_numpy(rng.choice(len(sample), cells, replace=False))].clone()
     for _ in range(KMEANS_ITERATIONS):
-        assign = (sample @ centroids.T).argmax(1)
+        assign = nearest_cells(sample, centroids, 1)[:, 0]
         sums = torch.zeros_like(centroids).index_add_(0, assign, sample)
         empty = sums.norm(dim=1) < 1e-6
         sums[empty] = centroids[empty]  # a cell nobody chose keeps its centroid
@@ -106,7 +111,7 @@ def clustered_knn(embedding: np.ndarray, k: int, seed: int = 0, progress=None) -
     base = torch.from_numpy(embedding)
     centroids = spherical_kmeans(base, max(1, int(CELLS_PER_ROOT * np.sqrt(n))), np.random.default_rng(seed))
     probes = min(PROBE, len(centroids))
-    nearest = torch.cat([(base[lo : lo + 65536] @ centroids.T).topk(probes, dim=1).indices for lo in range(0, n, 65536)]).numpy()
+    nearest = nearest_cells(base, centroids, probes).numpy()
     members = cell_lists(nearest[:, 0], len(centroids))  # each image is filed in its nearest cell
     parts = map_batches(lambda lo: search_chunk(lo, nearest, members, base, k), range(0, n, QUERY_CHUNK), "neighbours", progress)
     return unique_pairs(*concat(parts), n)
