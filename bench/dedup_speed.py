@@ -89,7 +89,7 @@ class MemoryPeaks:
 
 
 def one_size(n: int, seed: int, folder: Path) -> dict:
-    from stages.dedup import cluster_links, exact_pairs
+    from stages.dedup import cluster_links, exact_pairs, release_pages
     from stages.dedup.calibrate import auto_threshold, calibration_sample
     from stages.dedup.search import neighbour_pairs
     from stages.dedup.signatures import signatures
@@ -104,9 +104,11 @@ def one_size(n: int, seed: int, folder: Path) -> dict:
     times, cpu0 = {}, time.process_time()
     t = time.perf_counter()
     ea, eb = exact_pairs(iter(images), n)
+    release_pages(images)
     times["exact_s"] = time.perf_counter() - t
     t = time.perf_counter()
     sig = signatures(iter(images), n, colour=False)
+    release_pages(images)
     times["signatures_s"] = time.perf_counter() - t
     t = time.perf_counter()
     keep = np.flatnonzero(sig.stds >= d.min_std)

@@ -256,3 +256,13 @@ def test_worker_batches_keep_order_and_thread_count():
     before = torch.get_num_threads()
     assert map_batches(lambda x: x * x, range(50), "squares") == [x * x for x in range(50)]
     assert torch.get_num_threads() == before
+
+
+def test_release_pages_keeps_the_cache_readable(tmp_path):
+    images = np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8, 1)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    assert np.array_equal(mapped, images)
+    dedup.release_pages(mapped)
+    dedup.release_pages(list(images))  # not mapped: nothing to drop
+    assert np.array_equal(mapped, images)  # pages fault back in from the file
