@@ -29,6 +29,6 @@ def single_threaded_ops():
 def map_batches(work, batches, label: str, progress=None) -> list:
     """[work(b) for b in batches], run on torch.get_num_threads() single-threaded workers, in order."""
     batches = list(batches)
-    with single_threaded_ops() as workers, torch.no_grad(), ThreadPoolExecutor(max(1, workers)) as pool:
+    with single_threaded_ops() as workers, ThreadPoolExecutor(max(1, workers)) as pool:  # no tensor here needs grad
         results = pool.map(work, batches)
         return list(results if progress is None else progress(results, len(batches), label))
