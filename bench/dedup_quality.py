@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.dedup_data import TRANSFORMS, Items, dataset  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from stages import dedup  # noqa: E402
+from stages.dedup import calibrate  # noqa: E402
+from stages.dedup.verify import GATE  # noqa: E402
 from stages.preprocess import auto_size, box_area, choose_channels, decide_crop, decide_median, impulse_share, process, target_hw  # noqa: E402
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
@@ -86,6 +88,18 @@ def candidate_recall(items: Items, pairs: tuple) -> float:
     return pairwise_pr(linked, truth)[1]
 
 
+def gate_report(found: dict, truth: np.ndarray) -> None:
+    """What the verifier's gate refuses unscored (GATE): its share of the candidates, and how many of the
+    true pairs and of the accepted pairs (both scored here, as the calibration sample is) it would drop."""
+    i, j, score = found["pairs"]
+    under = found["gate"] < GATE
+    true = truth[i] == truth[j]
+    accepted = score >= found["threshold"]
+    print(f"gate (< {GATE}): {under.mean():.1%} of the pairs; true pairs under it {(under & true).sum()}/{true.sum()}, "
+          f"accepted pairs under it {(under & accepted).sum()}/{accepted.sum()}, fine-compared pairs under it "
+          f"{(under & (score > 0)).sum()}; lowest gate value of an accepted pair {found['gate'][accepted].min() if accepted.any() else float('nan'):.3f}")
+
+
 def evaluate(name: str, items: Items, params) -> dict:
     d = params.dedup
     t0 = time.perf_counter()
@@ -103,6 +117,7 @@ def evaluate(name: str, items: Items, params) -> dict:
     print("copies found, by transform: " + ", ".join(f"{k} {v:.2f}" for k, v in per_transform(pred, items).items()))
     print("hard negatives merged: " + (", ".join(f"{k} {v}" for k, v in negatives_merged(pred, items).items()) or "none"))
     result = {"precision": precision, "recall": recall}
+    gate_report(found, truth)
     if "pairs" in found:  # every scored candidate: the curve over the threshold
         result["candidate_recall"] = candidate_recall(items, found["pairs"])
         print(f"candidate recall (true pairs scored, directly or by a chain): {result['candidate_recall']:.3f}")
@@ -122,9 +137,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     ap.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
+    ap.add_argument("--calibration-sample", type=int, default=calibrate.SAMPLE,
+                    help="images whose candidates skip the gate (calibrate.SAMPLE); under the dataset size the gate is live")
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="params override, e.g. -S dedup.threshold=0.9")
     args = ap.parse_args()
     params, _ = load_params(Path(args.params), args.overrides)
+    calibrate.SAMPLE = args.calibration_sample
     print(f"dedup params: {params.dedup.model_dump()}  (half {args.half}, seed {args.seed})")
     results = {name: evaluate(name, dataset(name, args.half, args.seed, args.copies), params) for name in args.datasets}
     print("\ndataset     precision  recall  min")

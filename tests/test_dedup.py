@@ -193,3 +193,76 @@ def test_recoloured_copy_is_another_item(make_params):
     cluster = found["cluster"]
     assert cluster[8] != cluster[0]
     assert cluster[9] == cluster[1]
+
+
+def noise_textures(count: int, seed: int) -> list[np.ndarray]:
+    """28x28 blurred noise: distinct images alike only in their spectrum (near in the embedding, so
+    candidates of one another, yet they never line up: the gate refuses them)."""
+    rng = np.random.default_rng(seed)
+    return [cv2.GaussianBlur(rng.integers(0, 256, (28, 28), dtype=np.uint8), (0, 0), 1.5) for _ in range(count)]
+
+
+def test_gate_never_refuses_a_pair_the_verifier_compares(make_params):
+    """The cheap gate only refuses pairs the full verifier scores 0 (not aligned even blurred): on
+    textured look-alikes with re-shot and JPEG'd copies, every pair that reaches the fine comparison
+    passes the gate, and the pairs it lets through score exactly as without it."""
+    from stages.dedup.search import neighbour_pairs
+    from stages.dedup.verify import GATE, pair_scores
+
+    items, _ = textured_items(30, seed=4)
+    jpeg = [cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 75])[1], cv2.IMREAD_GRAYSCALE) for im in items[:5]]
+    images = cache_images(items + [reshot(im) for im in items[:5]] + jpeg + noise_textures(20, seed=4))
+    sig = signatures(iter(images), len(images), colour=False)
+    i, j, _ = neighbour_pairs(sig.embedding, 10)
+    full = pair_scores(sig.thumbs, i, j, 3, always=np.ones(len(i), bool))
+    gated = pair_scores(sig.thumbs, i, j, 3)
+    assert (full["score"][full["gate"] < GATE] == 0).all()
+    assert not gated["verified"].all()  # the gate did refuse some distinct pairs
+    assert np.array_equal(gated["score"], full["score"])
+    copies = {(k, 30 + k) for k in range(5)} | {(k, 35 + k) for k in range(5)}
+    assert copies <= set(zip(i[gated["score"] > 0.9].tolist(), j[gated["score"] > 0.9].tolist()))
+
+
+def test_calibration_sample_is_fixed_and_bounded():
+    from stages.dedup.calibrate import calibration_sample
+
+    searched = np.arange(0, 10_000, 2)
+    first, again = calibration_sample(searched, 10_000, size=300), calibration_sample(searched, 10_000, size=300)
+    assert np.array_equal(first, again) and first.sum() == 300 and not first[1::2].any()
+    assert calibration_sample(searched[:100], 10_000, size=300).sum() == 100  # fewer images: all of them
+
+
+def test_auto_threshold_with_the_gate_live(make_params, monkeypatch):
+    """With a calibration sample smaller than the data (the gate refuses the other pairs unscored),
+    copies are still found and distinct look-alikes kept apart."""
+    from stages.dedup import calibrate
+
+    monkeypatch.setattr(calibrate, "SAMPLE", 8)
+    d = make_params().dedup
+    items, _ = textured_items(12, seed=5)
+    items += noise_textures(12, seed=5)
+    found = dedup.find_duplicates(cache_images(items + [reshot(items[0]), reshot(items[15])]), d)
+    cluster = found["cluster"]
+    assert cluster[24] == cluster[0] and cluster[25] == cluster[15]
+    assert len(set(cluster[:24])) == 24
+    assert found["verified_pairs"] < found["candidate_pairs"]
+
+
+def test_worker_batches_keep_order_and_thread_count():
+    import torch
+
+    from stages.dedup.workers import map_batches
+
+    before = torch.get_num_threads()
+    assert map_batches(lambda x: x * x, range(50), "squares") == [x * x for x in range(50)]
+    assert torch.get_num_threads() == before
+
+
+def test_release_pages_keeps_the_cache_readable(tmp_path):
+    images = np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8, 1)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    assert np.array_equal(mapped, images)
+    dedup.release_pages(mapped)
+    dedup.release_pages(list(images))  # not mapped: nothing to drop
+    assert np.array_equal(mapped, images)  # pages fault back in from the file

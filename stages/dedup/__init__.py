@@ -5,8 +5,10 @@
    signatures (signatures.py: a z-scored 32x32 gray thumbnail, a chroma thumbnail for colour data,
    and a shift-tolerant Fourier-magnitude embedding); each image's `dedup.neighbours` nearest
    neighbours by the embedding are the candidates (search.py, sub-quadratic above 20k images); each
-   candidate is aligned and scored (verify.py: worst local structural similarity after sub-pixel
-   alignment and blur matching, and colour), kept when >= `dedup.threshold` (auto: calibrate.py).
+   candidate passes a cheap gate (the same alignment on smaller, blurred thumbnails) or is refused
+   unscored; the rest are aligned and scored (verify.py: worst local structural similarity after
+   sub-pixel alignment and blur matching, and colour), kept when >= `dedup.threshold` (auto:
+   calibrate.py, measured on a fixed sample of images whose candidates all skip the gate).
    Near-uniform thumbnails (std < `dedup.min_std`) are left out of step 2: they all look alike.
 3. Union-find turns the pairs into clusters (connected components), strongest links first; each
    cluster's weakest spanning link is reported so chaining is visible.
@@ -29,6 +31,7 @@ clusters.csv columns: id, split, cluster, is_representative, weight (test rows w
 from __future__ import annotations
 
 import hashlib
+import mmap
 
 import numpy as np
 import pandas as pd
@@ -37,7 +40,7 @@ from pipeline.artifacts import read_json, write_csv, write_json
 from pipeline.cache import read_arrays, read_clusters, read_index
 from pipeline.console import console, track
 from pipeline.params import DedupParams, Params
-from stages.dedup.calibrate import auto_threshold
+from stages.dedup.calibrate import auto_threshold, calibration_sample
 from stages.dedup.report import assign_weights, report_clusters
 from stages.dedup.search import neighbour_pairs
 from stages.dedup.sheet import contact_sheet
@@ -62,6 +65,18 @@ class CacheRows:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+
+def release_pages(images) -> None:
+    """Once a pass has read every image: drop the memory-mapped cache's pages from this process. They
+    are clean file pages (the page cache keeps them; a later read faults them back in), but while
+    mapped they count as this process's memory: 4 GB for a million 64x64 images, on top of the
+    signatures. Lists and in-memory arrays are left alone."""
+    arrays = images.arrays.values() if isinstance(images, CacheRows) else [images]
+    for array in arrays:
+        mapping = getattr(array, "_mmap", None)  # numpy's memmap keeps its mmap object here
+        if mapping is not None:
+            mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def exact_pairs(images, total: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,17 +107,22 @@ def score_pairs(images, d: DedupParams, progress=track) -> dict:
     The caller keeps the pairs with score >= d.threshold."""
     n = len(images)
     ea, eb = exact_pairs(iter(images), n)
+    release_pages(images)
     channels = np.asarray(images[0]).shape[2] if n else 1
     sig = signatures(iter(images), n, colour=channels == 3, progress=progress)
+    release_pages(images)
     # exact copies are searched once, through their first occurrence; flat images not at all
     keep = np.flatnonzero((sig.stds >= d.min_std) & ~np.isin(np.arange(n), eb))
-    ci, cj, _ = neighbour_pairs(sig.embedding[keep], d.neighbours, progress)
+    ci, cj, _ = neighbour_pairs(sig.embedding if len(keep) == n else sig.embedding[keep], d.neighbours, progress)
     ci, cj = keep[ci], keep[cj]
-    verified = pair_scores(sig.thumbs, ci, cj, d.max_shift, sig.chroma, progress)
+    sample = calibration_sample(keep, n)  # their candidates skip the gate: the auto threshold is measured on them
+    verified = pair_scores(sig.thumbs, ci, cj, d.max_shift, sig.chroma, progress, always=sample[ci] | sample[cj])
     return {
         "i": np.r_[ea, ci], "j": np.r_[eb, cj], "score": np.r_[np.ones(len(ea), np.float32), verified["score"]],
         "exact_pairs": int(len(ea)), "candidate_pairs": int(len(ci)), "exact_of": exact_of(n, ea, eb),
-        "flat_images": int((sig.stds < d.min_std).sum()),
+        "flat_images": int((sig.stds < d.min_std).sum()), "calibration_sample": sample,
+        "verified_pairs": int(verified["verified"].sum()),
+        "gate": np.r_[np.full(len(ea), np.inf, np.float32), verified["gate"]],  # per pair, as i and j
     }
 
 
@@ -114,7 +134,7 @@ def find_links(images, d: DedupParams, threshold: float | None = None) -> dict:
     if threshold is not None:
         why = f"{threshold} (decided on the train side)"
     elif d.threshold == "auto":
-        threshold, why = auto_threshold(scored["i"], scored["j"], scored["score"], len(images))
+        threshold, why = auto_threshold(scored["i"], scored["j"], scored["score"], len(images), scored["calibration_sample"])
     else:
         threshold, why = d.threshold, "set in params"
     ok = scored["score"] >= threshold
@@ -123,11 +143,13 @@ def find_links(images, d: DedupParams, threshold: float | None = None) -> dict:
         "b": scored["j"][ok].astype(np.int64),
         "link": scored["score"][ok],
         "pairs": (scored["i"], scored["j"], scored["score"]),
+        "gate": scored["gate"],
         "threshold": float(threshold),
         "threshold_reason": why,
         "exact_of": scored["exact_of"],
         "exact_pairs": scored["exact_pairs"],
         "candidate_pairs": scored["candidate_pairs"],
+        "verified_pairs": scored["verified_pairs"],
         "near_pairs": int(ok.sum()) - scored["exact_pairs"],
         "flat_images": scored["flat_images"],
     }
@@ -189,7 +211,7 @@ def build_train_side(index: pd.DataFrame, arrays, d: DedupParams, out) -> tuple[
     train = index[index.split == "train"].reset_index(drop=True)
     found = find_duplicates(CacheRows(arrays, train), d)
     clusters = assign_weights(train[["id", "split", "label"]].assign(cluster=found["cluster"]), d.policy)
-    report = {k: found[k] for k in ("exact_pairs", "candidate_pairs", "near_pairs", "flat_images", "threshold", "threshold_reason")}
+    report = {k: found[k] for k in ("exact_pairs", "candidate_pairs", "verified_pairs", "near_pairs", "flat_images", "threshold", "threshold_reason")}
     report.update({k: v for k, v in report_clusters(clusters, found["weakest"], d.sheet_clusters).items() if "leak" not in k})
     report["weakest_links"] = {str(c): v for c, v in found["weakest"].items()}  # the test side reports with them
     write_csv(out / "clusters.csv", clusters[COLUMNS])
@@ -242,6 +264,7 @@ def run(params: Params, paths) -> dict:
     report = {
         "exact_pairs": links["exact_pairs"],
         "candidate_pairs": links["candidate_pairs"],
+        "verified_pairs": links["verified_pairs"],
         "near_pairs": links["near_pairs"],
         "flat_images": links["flat_images"],
         "threshold": links["threshold"],

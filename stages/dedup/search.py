@@ -2,10 +2,10 @@
 
 Up to EXACT_UP_TO images the search is exact: blocks of queries against all embeddings, one matrix
 product (BLAS) and a top-k per block, O(N^2 D) flops but no approximation. Above it, an inverted-file
-search keeps it sub-quadratic: spherical k-means puts the embeddings in about 4 sqrt(N) cells, every
-image is filed in its PROBE nearest cells, and neighbours are searched inside each cell; a copy sits
-next to its original, so the two share their nearest cell, and filing in several cells catches pairs
-near a border. Cost O(N sqrt(N) D) for the clustering plus O(N * cell size * D) for the cells.
+search keeps it sub-quadratic: spherical k-means puts the embeddings in about CELLS_PER_ROOT sqrt(N)
+cells, every image is filed in its nearest cell and looks for its k nearest among the images filed in
+its PROBE nearest cells (a copy near a cell border may be filed in the next one). Cost O(N sqrt(N) D)
+for the clustering plus O(N * PROBE * cell size * D) for the search.
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stages.dedup.workers import map_batches
+
 EXACT_UP_TO = 20_000  # images; above, the inverted-file search (exact search grows as N^2: ~10 s at 20k here)
 BLOCK = 1024  # queries per matrix product in the exact search
-PROBE = 3  # cells each image is filed in (inverted-file search)
+CELLS_PER_ROOT = 4  # inverted-file cells: this many times sqrt(N)
+PROBE = 24  # inverted-file search: each image looks among the images filed in its PROBE nearest cells
 KMEANS_ITERATIONS = 8
+KMEANS_SAMPLE = 32  # points per cell the centroids are trained on
+QUERY_CHUNK = 65536  # images searched together (their per-cell results: QUERY_CHUNK * PROBE * (k + 1) entries)
 
 
 def unique_pairs(i: np.ndarray, j: np.ndarray, sim: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,25 +41,35 @@ def top_k(queries: torch.Tensor, base: torch.Tensor, k: int) -> tuple[torch.Tens
     return values, index
 
 
+def neighbours_of(queries: np.ndarray, members: np.ndarray, base: torch.Tensor, k: int) -> tuple[np.ndarray, ...]:
+    """(query, neighbour, similarity) for each query's k + 1 nearest among `members` (itself included)."""
+    group = base[torch.from_numpy(members.astype(np.int64))]
+    values, index = top_k(base[torch.from_numpy(queries.astype(np.int64))], group, k)
+    return np.repeat(queries, values.shape[1]), members[index.numpy().ravel()], values.numpy().ravel()
+
+
+def concat(parts: list[tuple]) -> tuple[np.ndarray, ...]:
+    return tuple(np.concatenate([p[c] for p in parts]) for c in range(3))
+
+
 def exact_knn(embedding: np.ndarray, k: int, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(embedding)
-    base = torch.from_numpy(embedding)
-    parts_i, parts_j, parts_s = [], [], []
-    starts = range(0, n, BLOCK)
-    for lo in starts if progress is None else progress(starts, len(starts), "neighbours"):
-        values, index = top_k(base[lo : lo + BLOCK], base, k)
-        parts_i.append(np.repeat(np.arange(lo, lo + len(values)), values.shape[1]))
-        parts_j.append(index.numpy().ravel())
-        parts_s.append(values.numpy().ravel())
-    return unique_pairs(np.concatenate(parts_i), np.concatenate(parts_j), np.concatenate(parts_s), n)
+    base, everyone = torch.from_numpy(embedding), np.arange(n)
+    parts = map_batches(lambda lo: neighbours_of(everyone[lo : lo + BLOCK], everyone, base, k), range(0, n, BLOCK), "neighbours", progress)
+    return unique_pairs(*concat(parts), n)
+
+
+def nearest_cells(x: torch.Tensor, centroids: torch.Tensor, count: int) -> torch.Tensor:
+    """Each row's `count` most similar centroids, in blocks (a million rows by 4000 cells is 16 GB at once)."""
+    return torch.cat([(x[lo : lo + 16384] @ centroids.T).topk(count, dim=1).indices for lo in range(0, len(x), 16384)])
 
 
 def spherical_kmeans(embedding: torch.Tensor, cells: int, rng: np.random.Generator) -> torch.Tensor:
-    """Unit-norm centroids of `cells` clusters, trained on a sample of at most 64 points per cell."""
-    sample = embedding[torch.from_numpy(rng.choice(len(embedding), min(len(embedding), 64 * cells), replace=False))]
+    """Unit-norm centroids of `cells` clusters, trained on a sample of at most KMEANS_SAMPLE points per cell."""
+    sample = embedding[torch.from_numpy(rng.choice(len(embedding), min(len(embedding), KMEANS_SAMPLE * cells), replace=False))]
     centroids = sample[torch.from_numpy(rng.choice(len(sample), cells, replace=False))].clone()
     for _ in range(KMEANS_ITERATIONS):
-        assign = (sample @ centroids.T).argmax(1)
+        assign = nearest_cells(sample, centroids, 1)[:, 0]
         sums = torch.zeros_like(centroids).index_add_(0, assign, sample)
         empty = sums.norm(dim=1) < 1e-6
         sums[empty] = centroids[empty]  # a cell nobody chose keeps its centroid
@@ -62,30 +77,44 @@ def spherical_kmeans(embedding: torch.Tensor, cells: int, rng: np.random.Generat
     return centroids
 
 
+def cell_lists(cell_of: np.ndarray, cells: int) -> list[np.ndarray]:
+    """For each cell, the positions in cell_of that hold it."""
+    order = np.argsort(cell_of, kind="stable")
+    bounds = np.searchsorted(cell_of[order], np.arange(cells + 1))
+    return [order[bounds[c] : bounds[c + 1]] for c in range(cells)]
+
+
+def search_chunk(lo: int, nearest: np.ndarray, members: list[np.ndarray], base: torch.Tensor, k: int) -> tuple[np.ndarray, ...]:
+    """Images lo..lo+QUERY_CHUNK, each against the images filed in its own nearest cells (`nearest`):
+    its k + 1 best (itself included) from each cell, then its k + 1 best overall. An image is filed
+    in one cell, so no neighbour comes twice."""
+    near = nearest[lo : lo + QUERY_CHUNK]
+    m, probes = near.shape
+    sims = np.full((m, probes, k + 1), -np.inf, np.float32)
+    index = np.zeros((m, probes, k + 1), np.int64)
+    for c, looking in enumerate(cell_lists(near.reshape(-1), len(members))):
+        if not len(looking) or not len(members[c]):
+            continue
+        rows, slots = looking // probes, looking % probes
+        values, found = top_k(base[torch.from_numpy(rows + lo)], base[torch.from_numpy(members[c])], k)
+        sims[rows, slots, : values.shape[1]] = values.numpy()
+        index[rows, slots, : values.shape[1]] = members[c][found.numpy()]
+    values, at = torch.from_numpy(sims.reshape(m, -1)).topk(min(k + 1, probes * (k + 1)), dim=1)
+    values, at = values.numpy(), at.numpy()
+    found = np.isfinite(values)
+    i = np.broadcast_to(np.arange(lo, lo + m)[:, None], at.shape)
+    return i[found], np.take_along_axis(index.reshape(m, -1), at, 1)[found], values[found]
+
+
 def clustered_knn(embedding: np.ndarray, k: int, seed: int = 0, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(embedding)
     base = torch.from_numpy(embedding)
-    centroids = spherical_kmeans(base, max(1, int(4 * np.sqrt(n))), np.random.default_rng(seed))
-    cells = torch.cat([(base[lo : lo + 65536] @ centroids.T).topk(PROBE, dim=1).indices for lo in range(0, n, 65536)])
-    members = cells.reshape(-1).numpy()
-    owner = np.repeat(np.arange(n), PROBE)
-    order = np.argsort(members, kind="stable")
-    bounds = np.searchsorted(members[order], np.arange(len(centroids) + 1))
-    parts_i, parts_j, parts_s = [], [], []
-    cell_ids = range(len(centroids))
-    for c in cell_ids if progress is None else progress(cell_ids, len(centroids), "neighbours"):
-        ids = owner[order[bounds[c] : bounds[c + 1]]]
-        if len(ids) < 2:
-            continue
-        group = base[torch.from_numpy(ids)]
-        for lo in range(0, len(ids), BLOCK):
-            values, index = top_k(group[lo : lo + BLOCK], group, k)
-            parts_i.append(np.repeat(ids[lo : lo + len(values)], values.shape[1]))
-            parts_j.append(ids[index.numpy().ravel()])
-            parts_s.append(values.numpy().ravel())
-    if not parts_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return unique_pairs(np.concatenate(parts_i), np.concatenate(parts_j), np.concatenate(parts_s), n)
+    centroids = spherical_kmeans(base, max(1, int(CELLS_PER_ROOT * np.sqrt(n))), np.random.default_rng(seed))
+    probes = min(PROBE, len(centroids))
+    nearest = nearest_cells(base, centroids, probes).numpy()
+    members = cell_lists(nearest[:, 0], len(centroids))  # each image is filed in its nearest cell
+    parts = map_batches(lambda lo: search_chunk(lo, nearest, members, base, k), range(0, n, QUERY_CHUNK), "neighbours", progress)
+    return unique_pairs(*concat(parts), n)
 
 
 def neighbour_pairs(embedding: np.ndarray, k: int, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
