@@ -17,7 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, fbeta_score, log_loss, roc_auc_score
+
+def sk():
+    """scikit-learn's metrics, imported on first use: every command imports this module (params name
+    the metrics), and `pipeline status`, `--help` or `--version` should not pay a second for sklearn."""
+    import sklearn.metrics
+
+    return sklearn.metrics
+
 
 MAP_PREFIX = "map@"
 AUTO_BY_TASK = {"single_label": "accuracy", "multi_label": "f_beta", "binary": "roc_auc"}
@@ -47,28 +54,28 @@ def decisions(probs: np.ndarray, o: Options) -> np.ndarray:
 
 def accuracy(y, probs, o: Options) -> float:
     """Share of images answered exactly (multi-label: every tag right, scikit-learn's subset accuracy)."""
-    return float(accuracy_score(y, decisions(probs, o)))
+    return float(sk().accuracy_score(y, decisions(probs, o)))
 
 
 def macro_f1(y, probs, o: Options) -> float:
     labels = None if o.multi_label else list(range(probs.shape[1]))
-    return float(f1_score(y, decisions(probs, o), average="macro", labels=labels, zero_division=0))
+    return float(sk().f1_score(y, decisions(probs, o), average="macro", labels=labels, zero_division=0))
 
 
 def f_beta(y, probs, o: Options) -> float:
     """F-beta of the thresholded tags, per image then averaged (samples) or per class (macro)."""
     if not o.multi_label:
-        return float(fbeta_score(y, probs.argmax(1), beta=o.beta, average="macro", labels=list(range(probs.shape[1])), zero_division=0))
-    return float(fbeta_score(y, decisions(probs, o), beta=o.beta, average=o.average, zero_division=0))
+        return float(sk().fbeta_score(y, probs.argmax(1), beta=o.beta, average="macro", labels=list(range(probs.shape[1])), zero_division=0))
+    return float(sk().fbeta_score(y, decisions(probs, o), beta=o.beta, average=o.average, zero_division=0))
 
 
 def metric_log_loss(y, probs, o: Options) -> float:
     """Cross-entropy; multi-label: the mean binary cross-entropy over every (image, class) cell."""
     q = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
     if o.multi_label:
-        return float(log_loss(np.asarray(y).ravel(), q.ravel(), labels=[0, 1]))
+        return float(sk().log_loss(np.asarray(y).ravel(), q.ravel(), labels=[0, 1]))
     q /= q.sum(1, keepdims=True)  # float32 softmax rows sum to 1 only within rounding
-    return float(log_loss(y, q, labels=list(range(probs.shape[1]))))
+    return float(sk().log_loss(y, q, labels=list(range(probs.shape[1]))))
 
 
 def roc_auc(y, probs, o: Options) -> float:
@@ -80,7 +87,7 @@ def roc_auc(y, probs, o: Options) -> float:
     scored = [k for k in range(truth.shape[1]) if 0 < truth[:, k].sum() < len(truth)]
     if not scored:
         return 0.5
-    return float(roc_auc_score(truth[:, scored], probs[:, scored], average="macro"))
+    return float(sk().roc_auc_score(truth[:, scored], probs[:, scored], average="macro"))
 
 
 def qwk(y, probs, o: Options) -> float:
@@ -88,7 +95,7 @@ def qwk(y, probs, o: Options) -> float:
     if o.multi_label:
         raise ValueError("qwk needs one ordinal label per image, not tags")
     labels = list(range(probs.shape[1]))
-    return float(cohen_kappa_score(y, probs.argmax(1), weights="quadratic", labels=labels))
+    return float(sk().cohen_kappa_score(y, probs.argmax(1), weights="quadratic", labels=labels))
 
 
 def map_at_k(y, probs, o: Options) -> float:
