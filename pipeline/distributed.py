@@ -13,7 +13,6 @@ no communication), so DDP's gradient average equals the single-process gradient 
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,31 +23,10 @@ import torch
 import torch.distributed as dist
 
 from pipeline.errors import StageError
+from pipeline.world import ONE, World, from_env  # noqa: F401  (World, from_env: this module's API too)
 
 
-@dataclass(frozen=True)
-class World:
-    rank: int
-    size: int
-    local_rank: int
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-ONE = World(0, 1, 0)
 _device = torch.device("cpu")  # where collectives put their tensors (the rank's GPU under nccl)
-
-
-def from_env() -> World:
-    """The world torchrun describes in the environment (one process when it is not set)."""
-    try:
-        size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError as exc:
-        raise RuntimeError(f"torchrun environment: WORLD_SIZE/RANK/LOCAL_RANK must be integers ({exc})") from None
-    return World(rank, size, local) if size > 1 else ONE
 
 
 def world() -> World:

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline import __version__, checks, distributed
+from pipeline import __version__, checks
 from pipeline.artifacts import (FOLD_META, changed_files, damaged_folds, fold_damage, fold_key, finished_folds, fingerprint, folder_lock, hash_data, hash_file, list_files, read_json, staged_dir,
                                 write_json, write_yaml)
 from pipeline.codehash import code_groups, code_hashes
@@ -43,6 +43,7 @@ from pipeline.data import SIDE_FILES, discover
 from pipeline.errors import CheckError, StageError
 from pipeline.locking import fold_locks, workdir_lock
 from pipeline.params import Params, section
+from pipeline.world import from_env
 
 LOCK = "lock.json"
 EXTERNAL = "run:"  # dep name prefix of a folder outside the workdir, fingerprinted but not a stage input
@@ -453,7 +454,7 @@ def writer_locks(stage: Stage, params: Params, workdir: Path) -> Iterator[None]:
     """One writer per workdir (pipeline.locking): train holds the workdir shared and its folds
     exclusively, so fold jobs run side by side; every other stage holds the workdir alone. Under
     torchrun rank 0 holds the locks for its job."""
-    if not distributed.from_env().main:
+    if not from_env().main:
         yield
         return
     with workdir_lock(workdir, shared=stage.per_fold):
@@ -466,7 +467,7 @@ def run_stage(stage: Stage, params: Params, workdir: Path, force: bool = False, 
     """Run one stage under the workdir's writer lock (writer_locks), after every check that can fail
     (pipeline.checks; `run` checks all its stages once up front instead): see _run_locked."""
     with writer_locks(stage, params, workdir):
-        if check and distributed.from_env().main:
+        if check and from_env().main:
             require_inputs(stage, workdir)
             verify_inputs(stage, params, workdir, use_existing)  # a damaged input is the cause to name first
             check_before_work((stage,), params, workdir, frozen)
@@ -533,7 +534,7 @@ def _run_locked(stage: Stage, params: Params, workdir: Path, force: bool = False
     A sided stage carries its finished train side over when only the test side changed; with `frozen`
     (a finished workdir) it takes that workdir's train side as it is."""
     require_inputs(stage, workdir)
-    world = distributed.from_env()
+    world = from_env()
     if world.size > 1 and stage.kind != "train":
         if not world.main:
             return {}
@@ -679,7 +680,7 @@ def _write_lock(out: Path, stage: Stage, params: Params, deps: dict, code: dict,
 
 def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
     """Run every stale stage in order; return the names of those that ran."""
-    if distributed.from_env().size > 1:
+    if from_env().size > 1:
         raise StageError("`pipeline run` is single-process: under torchrun launch `pipeline train`, then run "
                          "`pipeline run` or `pipeline predict` without torchrun (docs/distributed.md)")
     with workdir_lock(workdir):
