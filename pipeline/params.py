@@ -363,10 +363,16 @@ def _key(err: dict) -> str:
     return ".".join(str(p) for p in err["loc"] if str(p) not in BRANCH_TYPES and not str(p).startswith(BRANCH_PREFIXES))
 
 
+RENAMED = {"train.mix_min_epochs": "train.regularise_min_epochs"}  # old key -> new key: a params.yaml from before says so
+
+
 def _describe(err: dict) -> str:
     key = _key(err)
+    old = {new: old for old, new in RENAMED.items()}
     if err["type"] == "missing":
-        return f"{key}: missing from params.yaml"
+        return f"{key}: missing from params.yaml" + (f" (it was called {old[key]}: rename it)" if key in old else "")
+    if err["type"] == "extra_forbidden" and key in RENAMED:
+        return f"{key}: renamed to {RENAMED[key]}"
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key (allowed here: {', '.join(_allowed(err['loc'][:-1]))})"
     if isinstance(err.get("input"), dict):  # a section-level check: the message names the keys itself

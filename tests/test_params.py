@@ -83,3 +83,12 @@ def test_yaml_error_names_line_and_column(tmp_path):
 def test_union_errors_name_every_accepted_form():
     with pytest.raises(ParamsError, match=r"^train.workers = 'many': expected a valid integer or 'auto'$"):
         load_params("params.yaml", ["train.workers=many"])
+
+
+def test_a_renamed_key_says_its_new_name(tmp_path):
+    old = tmp_path / "params.yaml"
+    old.write_text(Path("params.yaml").read_text().replace("regularise_min_epochs:", "mix_min_epochs:"))
+    with pytest.raises(ParamsError, match="train.regularise_min_epochs: missing from params.yaml \\(it was called train.mix_min_epochs"):
+        load_params(old)
+    with pytest.raises(ParamsError, match="train.mix_min_epochs: renamed to train.regularise_min_epochs"):
+        load_params(Path("params.yaml"), ["train.mix_min_epochs=10"])
