@@ -224,12 +224,17 @@ HOW_NOT_WHAT = {
 }
 
 
-def _params_of(stage: Stage, params: Params) -> dict[str, Any]:
-    out = {name: section(params, name) for name in stage.sections}
-    for name, keys in HOW_NOT_WHAT.items():
+def _without(stage_params: dict[str, Any], keys_by_section: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """A copy of the sections with those keys left out."""
+    out = dict(stage_params)
+    for name, keys in keys_by_section.items():
         if isinstance(out.get(name), dict):
             out[name] = {k: v for k, v in out[name].items() if k not in keys}
     return out
+
+
+def _params_of(stage: Stage, params: Params) -> dict[str, Any]:
+    return _without({name: section(params, name) for name in stage.sections}, HOW_NOT_WHAT)
 
 
 def wanted_folds(stage: Stage, params: Params) -> list[int]:
@@ -590,11 +595,7 @@ AFTER_THE_FOLDS = {"train": ("full_fit",)}
 
 def stage_key(stage_params: dict, deps: dict, code: dict) -> str:
     """What a per-fold stage's folds are keyed by (fold.json): its params, input fingerprints and code."""
-    fold_params = dict(stage_params)
-    for name, keys in AFTER_THE_FOLDS.items():
-        if isinstance(fold_params.get(name), dict):
-            fold_params[name] = {k: v for k, v in fold_params[name].items() if k not in keys}
-    return hash_data({"params": fold_params, "deps": deps, "code": code})
+    return hash_data({"params": _without(stage_params, AFTER_THE_FOLDS), "deps": deps, "code": code})
 
 
 def _fold_problems(folder: Path, key: str) -> list[str]:

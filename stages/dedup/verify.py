@@ -16,8 +16,9 @@ detail. For a batch of pairs, all in torch:
    match everywhere, so one differing detail is enough to refuse.
 
 Before both, a cheap gate (`gate_scores`): the same shift search on 16 x 16, more blurred copies
-(made once per image; a tenth of the cost per pair). A pair under GATE there has never lined up at the full size either, so it is
-refused unverified; on most data the bulk of the candidates are distinct items and stop here.
+(made once per image; a tenth of the cost per pair). A pair under GATE there has never lined up at
+the full size either, so it is refused unverified; on most data the bulk of the candidates are
+distinct items and stop here.
 """
 
 from __future__ import annotations
