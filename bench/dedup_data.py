@@ -63,10 +63,12 @@ def photo(name: str, half: str, gray: bool) -> np.ndarray:
     return np.ascontiguousarray(image[:h] if half == "top" else image[h:])
 
 
-def detail(image: np.ndarray) -> float:
-    """Std of the fine detail: the image minus its 1 px Gaussian blur (gray levels)."""
+def detail(image: np.ndarray, where: np.ndarray | None = None) -> float:
+    """Std of the fine detail: the image minus its 1 px Gaussian blur (gray levels), over the pixels
+    `where` is true (all by default)."""
     x = image.astype(np.float32)
-    return float((x - cv2.GaussianBlur(x, (0, 0), 1.0)).std())
+    fine = x - cv2.GaussianBlur(x, (0, 0), 1.0)
+    return float((fine if where is None else fine[where]).std())
 
 
 class Cropper:
@@ -226,13 +228,13 @@ def lookalike(per_class: int, half: str, rng: np.random.Generator) -> Items:
             texture = crop(28)
             if texture is None:
                 break
-            if c < 6 and detail(textured_object(np.ones((28, 28), np.float32), texture, 0)) < 12:
-                continue  # a nearly flat fill: the item would be its silhouette alone
             if c >= 6:  # full-frame texture crops (brick walls, grass, text...): only the texture differs
                 items.add(texture)
                 continue
             jitter = rng.normal(0, 0.01, shape.shape) * np.r_[1, np.tile([1, 0], 4)]
             mask = silhouette(shape, jitter)
+            if detail(textured_object(np.ones((28, 28), np.float32), texture, 0), where=mask > 0.9) < 12:
+                continue  # a nearly flat fill where it shows: the item would be its silhouette alone
             image = textured_object(mask, texture, background)
             item = items.add(image)
             if rng.random() < 0.2 and (texture := crop(28)) is not None:

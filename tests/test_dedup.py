@@ -266,3 +266,44 @@ def test_release_pages_keeps_the_cache_readable(tmp_path):
     dedup.release_pages(mapped)
     dedup.release_pages(list(images))  # not mapped: nothing to drop
     assert np.array_equal(mapped, images)  # pages fault back in from the file
+
+
+def test_reshot_jpeg_copies_of_print_found_and_one_stroke_changed_kept_apart(make_params):
+    """28x28 crops of a printed page: flat paper and a few strokes. A re-shot copy saved as JPEG q80
+    leaves ringing on the paper, which the window-by-window similarity this verifier replaced took for
+    a difference (those copies scored 0.87-0.90 there, under its threshold); a 1-px stroke drawn across
+    the print is a different item all the same."""
+    from skimage.data import page
+
+    rng, sheet = np.random.default_rng(6), page()
+    items = []
+    while len(items) < 16:
+        y, x = rng.integers(0, sheet.shape[0] - 28), rng.integers(0, sheet.shape[1] - 28)
+        crop = np.ascontiguousarray(sheet[y : y + 28, x : x + 28])
+        if crop.std() > 25:  # some print in it
+            items.append(crop)
+    jpeg = [cv2.imdecode(cv2.imencode(".jpg", reshot(im), [cv2.IMWRITE_JPEG_QUALITY, 80])[1], cv2.IMREAD_GRAYSCALE) for im in items]
+    stroke = []
+    for im in items:
+        changed = im.copy()
+        cv2.line(changed, (8, 14), (13, 16), 0 if im[14, 10] > 128 else 255, 1)
+        stroke.append(changed)
+    found = dedup.find_duplicates(cache_images(items + jpeg + stroke), make_params().dedup)
+    cluster = found["cluster"]
+    assert all(cluster[16 + k] == cluster[k] for k in range(16))
+    assert all(cluster[32 + k] != cluster[k] for k in range(16))
+
+
+def test_auto_threshold_is_the_floor_unless_distinct_items_score_high():
+    """Distinct images whose 6th-best candidates score low keep the floor; data where nearly every
+    image has close look-alikes (digits) raises the threshold above them; both say why."""
+    from stages.dedup.calibrate import FLOOR, auto_threshold
+
+    rng = np.random.default_rng(0)
+    n = 400
+    i = np.repeat(np.arange(n), 8)
+    j = (i + rng.integers(1, n, len(i))) % n
+    low, why_low = auto_threshold(i, j, rng.uniform(0.0, 0.5, len(i)).astype(np.float32), n)
+    high, why_high = auto_threshold(i, j, rng.uniform(0.6, 0.9, len(i)).astype(np.float32), n)
+    assert low == FLOOR and "the floor" in why_low
+    assert 0.9 < high < 1.0 and high > FLOOR and "above the floor" in why_high

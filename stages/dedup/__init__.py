@@ -6,9 +6,10 @@
    and a shift-tolerant Fourier-magnitude embedding); each image's `dedup.neighbours` nearest
    neighbours by the embedding are the candidates (search.py, sub-quadratic above 20k images); each
    candidate passes a cheap gate (the same alignment on smaller, blurred thumbnails) or is refused
-   unscored; the rest are aligned and scored (verify.py: worst local structural similarity after
-   sub-pixel alignment and blur matching, and colour), kept when >= `dedup.threshold` (auto:
-   calibrate.py, measured on a fixed sample of images whose candidates all skip the gate).
+   unscored; the rest are aligned and scored (verify.py: the worst place of the residual after
+   sub-pixel alignment and blur matching, against the picture's contrast; and colour), kept when
+   >= `dedup.threshold` (auto: calibrate.py, measured on a fixed sample of images whose candidates
+   all skip the gate).
    Near-uniform thumbnails (std < `dedup.min_std`) are left out of step 2: they all look alike.
 3. Union-find turns the pairs into clusters (connected components), strongest links first; each
    cluster's weakest spanning link is reported so chaining is visible.

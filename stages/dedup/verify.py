@@ -6,14 +6,22 @@ detail. For a batch of pairs, all in torch:
 1. Align. The overlap-normalised cross-correlation of the lightly blurred thumbnails over every
    integer shift up to `max_shift`, the
    best shift refined to sub-pixel by a parabola through the peak and its neighbours, then B resampled
-   (bicubic) onto A's grid. Brightness and contrast are absorbed by the z-scoring and by comparing
-   correlations, never raw differences.
-2. Compare where both images have content, at the fine scale, window by window. In each 8 x 8
-   window (stride 4) of the aligned pair, the structural term of SSIM, (2 cov + c) / (var_a + var_b + c)
-   with c a small fraction of the image variance, is near 1 for a copy (JPEG noise and resampling blur
-   barely move it) and drops where the two differ: another texture in the same silhouette, one changed
-   detail, another small object on a shared background. The score is the lowest window: a copy must
-   match everywhere, so one differing detail is enough to refuse.
+   (bicubic) onto A's grid; then one of the two blurred to match the other, or both lightly, or
+   neither, whichever correlates best (match_blur: a resized copy has lost fine detail, a sub-pixel
+   shift aliases it differently). Brightness and contrast are absorbed by the z-scoring and step 2's
+   gain fit.
+2. Compare, place by place, what is left after the alignment. B is fitted to A by one gain and
+   offset (least squares over the overlap), the residual r = A - fitted B is squared and averaged
+   in a small Gaussian window (RESIDUAL_BLUR) at every pixel, and set against the content there:
+       similarity(x) = 1 - local mean of r^2 / (local var A + local var B + 2 STABILISER var A).
+   A copy leaves a residual of JPEG noise and resampling blur: small against the picture's contrast,
+   so every place scores near 1 (the STABILISER term keeps a flat patch's JPEG noise from counting
+   as a difference: the window SSIM this replaces failed re-encoded copies there). A changed detail
+   leaves a residual as strong as the picture's own contrast in one place; another texture in the same
+   silhouette or another object on a shared background, in many. The score is the lowest place: a
+   copy must match everywhere.
+3. For colour data, the same for the aligned chroma thumbnails (colour_similarity); the pair's score
+   is the lower of the two.
 
 Before both, a cheap gate (`gate_scores`): the same shift search on 16 x 16, more blurred copies
 (made once per image; a tenth of the cost per pair). A pair under GATE there has never lined up at
@@ -31,8 +39,11 @@ from stages.dedup.workers import map_batches
 
 BATCH = 4096  # pairs per batch (one worker each: workers.py)
 ALIGN_BLUR = 1.0  # thumbnail pixels of Gaussian blur for the alignment search only
-WINDOW, STRIDE = 8, 4  # local comparison windows (thumbnail pixels)
-FLAT = 0.05  # SSIM's stabiliser c, as a fraction of the (unit) image variance: windows flatter than this match
+# The local comparison (residual_similarity). Chosen on bench/dedup_quality.py's calibration half (--half
+# top, seeds 0-2: twelve datasets) with the threshold, for the best worst case over all of them
+# (bench/README.md); the window SSIM it replaces lost JPEG'd copies of textured items in their flat parts.
+RESIDUAL_BLUR = 1.2  # sigma of the Gaussian window, thumbnail pixels: about a 3-px detail of a 28-px item
+STABILISER = 0.25  # in units of the image variance: a residual must be this strong against the picture to count
 
 
 def blur_matrix(t: int, sigma: float) -> torch.Tensor:
@@ -118,22 +129,32 @@ def resample(b: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tenso
     return F.grid_sample(b[:, None], grid, mode="bicubic", padding_mode="border", align_corners=False)[:, 0]
 
 
-def window_similarity(a: torch.Tensor, b: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
-    """Lowest SSIM structure term over the 8x8 windows inside the overlap (margin px from the border),
-    for z-scored images: a window flatter than FLAT in both images counts as matching."""
-    def pool(x):
-        return F.avg_pool2d(x[:, None], WINDOW, STRIDE)[:, 0]
+def overlap_mask(t: int, margin: torch.Tensor) -> torch.Tensor:
+    """(P, t, t) float mask of the pixels at least `margin` (per pair) from the border: where both
+    images have content after B was moved."""
+    idx = torch.arange(t)
+    inside = (idx[None, :] >= margin[:, None]) & (idx[None, :] < t - margin[:, None])
+    return (inside[:, :, None] & inside[:, None, :]).float()
 
-    mean_a, mean_b = pool(a), pool(b)
-    var_a = (pool(a * a) - mean_a**2).clamp_min(0)
-    var_b = (pool(b * b) - mean_b**2).clamp_min(0)
-    cov = pool(a * b) - mean_a * mean_b
-    local = (2 * cov + FLAT) / (var_a + var_b + FLAT)
-    t = a.shape[-1]
-    starts = torch.arange(local.shape[-1]) * STRIDE
-    inside = (starts[None, :] >= margin[:, None]) & (starts[None, :] + WINDOW <= t - margin[:, None])  # (P, w)
-    valid = inside[:, :, None] & inside[:, None, :]
-    return torch.where(valid, local, torch.full_like(local, 2.0)).flatten(1).min(1).values.clamp_max(1.0)
+
+def residual_similarity(a: torch.Tensor, b: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+    """Lowest local similarity of aligned images a and b over their overlap (module docstring, step 2): (P,)."""
+    mask = overlap_mask(a.shape[-1], margin)
+    count = mask.sum((1, 2)).clamp_min(1)
+    a = (a - (a * mask).sum((1, 2), keepdim=True) / count[:, None, None]) * mask
+    b = (b - (b * mask).sum((1, 2), keepdim=True) / count[:, None, None]) * mask
+    gain = (a * b).sum((1, 2)) / (b * b).sum((1, 2)).clamp_min(1e-6)
+    b = b * gain[:, None, None]
+    variance = (a * a).sum((1, 2)) / count  # of A over the overlap
+
+    def local(x):
+        return blur(x, RESIDUAL_BLUR)
+
+    var_a = (local(a * a) - local(a) ** 2).clamp_min(0)
+    var_b = (local(b * b) - local(b) ** 2).clamp_min(0)
+    residual = local((a - b) ** 2)
+    similarity = 1 - residual / (var_a + var_b + 2 * STABILISER * variance.clamp_min(1e-6)[:, None, None])
+    return torch.where(mask > 0, similarity, torch.full_like(similarity, 2.0)).flatten(1).min(1).values.clamp(0, 1)
 
 
 GATE_FACTOR = 2  # the gate compares thumbnails average-pooled by this factor (16 x 16 of 32 x 32)
@@ -144,8 +165,13 @@ GATE_BLUR = 2.0  # thumbnail pixels of blur before pooling: a half-pixel misalig
 # pairs the verifier accepts or compares finely is under it (bench/README.md).
 GATE = 0.7
 MATCH_BLURS = (0.6, 1.2)  # blurs tried on one image so that a resized or blurred copy matches the sharper one
+BOTH_BLUR = 0.5  # blur tried on both: a sub-pixel shift aliases the finest detail differently
 COARSE_GATE = 0.8  # blurred, aligned correlation under which a pair is refused without the fine comparison
 COLOUR_FLAT = 64.0  # (8 Lab units)^2: chroma means and variances below this scale count as gray
+# The colour check's worst place (colour_similarity): chosen with the residual on the calibration half;
+# scenes' recoloured and shared-background negatives went from 0.957-0.967 to 0.976-0.984 there.
+COLOUR_BLUR = 1.5  # chroma-thumbnail pixels (of 16)
+COLOUR_LOCAL_FLAT = 1000.0  # (~22 Lab units)^2: JPEG's halved chroma resolution moves a copy's a/b locally
 
 
 def inner(x: torch.Tensor, margin: int) -> torch.Tensor:
@@ -160,29 +186,40 @@ def inner_correlation(a: torch.Tensor, b: torch.Tensor, margin: int) -> torch.Te
 
 
 def match_blur(a: torch.Tensor, b: torch.Tensor, margin: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pair with one image blurred to match the other (or neither), whichever correlates best: a
-    resized or blurred copy has lost the fine detail its original still has; compared as they are,
-    every textured window would differ."""
+    """The pair with one image blurred to match the other, or both lightly blurred, or neither,
+    whichever correlates best: a resized or blurred copy has lost the fine detail its original still
+    has, and a copy shifted by a fraction of a pixel has its finest detail aliased differently in the
+    thumbnail (resampling cannot undo that; a light blur of both removes it). Compared as they are,
+    every textured place would differ."""
+    candidates = [(blur(a, sigma), b) for sigma in MATCH_BLURS] + [(a, blur(b, sigma)) for sigma in MATCH_BLURS]
+    candidates.append((blur(a, BOTH_BLUR), blur(b, BOTH_BLUR)))
     best_a, best_b, best = a, b, inner_correlation(a, b, margin)
-    for sigma in MATCH_BLURS:
-        for x, y in ((blur(a, sigma), b), (a, blur(b, sigma))):
-            corr = inner_correlation(x, y, margin)
-            better = (corr > best)[:, None, None]
-            best_a, best_b, best = torch.where(better, x, best_a), torch.where(better, y, best_b), torch.maximum(corr, best)
+    for x, y in candidates:
+        corr = inner_correlation(x, y, margin)
+        better = (corr > best)[:, None, None]
+        best_a, best_b, best = torch.where(better, x, best_a), torch.where(better, y, best_b), torch.maximum(corr, best)
     return best_a, best_b
 
 
 def colour_similarity(a: torch.Tensor, b: torch.Tensor, margin: int) -> torch.Tensor:
-    """SSIM (mean and structure terms) of the aligned chroma thumbnails (P, c, c, 2), the worse of the
-    two channels. A copy keeps its colours (brightness and JPEG barely move Lab a/b); a recoloured
-    picture does not. Gray content (chroma near 0 in both) compares as equal."""
+    """Colour agreement of the aligned chroma thumbnails (P, c, c, 2), 0..1: the lower of
+    - the whole picture: SSIM (mean and structure terms) per Lab channel, the worse channel;
+    - the worst place: 1 - the local squared a/b difference against the local chroma energy of both
+      (+ COLOUR_LOCAL_FLAT), in Gaussian windows of COLOUR_BLUR chroma pixels: a recoloured object, or
+      another object, on a shared gray or dark background barely moves the whole picture's statistics.
+    A copy keeps its colours (brightness and JPEG barely move Lab a/b); gray content (chroma near 0
+    in both) compares as equal."""
     a, b = inner(a, margin), inner(b, margin)
     mean_a, mean_b = a.mean((1, 2)), b.mean((1, 2))
     var_a, var_b = a.var((1, 2), unbiased=False), b.var((1, 2), unbiased=False)
     cov = ((a - mean_a[:, None, None]) * (b - mean_b[:, None, None])).mean((1, 2))
     mean_term = (2 * mean_a * mean_b + COLOUR_FLAT) / (mean_a**2 + mean_b**2 + COLOUR_FLAT)
     structure = (2 * cov + COLOUR_FLAT) / (var_a + var_b + COLOUR_FLAT)
-    return (mean_term * structure).min(1).values.clamp(0, 1)
+    whole = (mean_term * structure).min(1).values
+    difference = blur(((a - b) ** 2).sum(-1), COLOUR_BLUR)
+    energy = blur((a * a).sum(-1) + (b * b).sum(-1), COLOUR_BLUR)
+    worst_place = (1 - difference / (energy + COLOUR_LOCAL_FLAT)).flatten(1).min(1).values
+    return torch.minimum(whole, worst_place).clamp(0, 1)
 
 
 def verify_batch(a: torch.Tensor, b: torch.Tensor, max_shift: int, chroma: tuple | None = None) -> dict[str, torch.Tensor]:
@@ -199,7 +236,7 @@ def verify_batch(a: torch.Tensor, b: torch.Tensor, max_shift: int, chroma: tuple
         aligned = resample(b, dy, dx)
         margin = torch.ceil(torch.maximum(dy.abs(), dx.abs())).long()
         ma, mb = match_blur(a, aligned, s)
-        out["structure"][close] = window_similarity(ma, mb, margin)
+        out["structure"][close] = residual_similarity(ma, mb, margin)
         if chroma is not None:
             ca, cb = chroma[0][close], chroma[1][close]
             scale = ca.shape[1] / a.shape[1]
