@@ -26,7 +26,7 @@ import numpy as np
 LOOKALIKE_RANK = 5  # 0-based: the 6th-best neighbour
 QUANTILE = 0.9
 GAP = 0.8
-FLOOR = 0.93
+FLOOR = 0.925
 MIN_SAMPLES = 200  # fewer images than this with a 6th neighbour: too few to measure, use FLOOR
 SAMPLE = 4096  # images whose candidates are all verified to measure the level on
 SAMPLE_SEED = 0
