@@ -307,6 +307,8 @@ def test_auto_threshold_is_the_floor_unless_distinct_items_score_high():
     high, why_high = auto_threshold(i, j, rng.uniform(0.6, 0.9, len(i)).astype(np.float32), n)
     assert low == FLOOR and "the floor" in why_low
     assert 0.9 < high < 1.0 and high > FLOOR and "above the floor" in why_high
+    unscored, why_unscored = auto_threshold(i, j, np.zeros(len(i), np.float32), n)  # all refused before the fine comparison
+    assert unscored == FLOOR and "do not line up" in why_unscored
 
 
 def test_crops_of_one_long_edge_moved_across_it_are_not_merged(make_params):

@@ -62,7 +62,11 @@ def auto_threshold(i: np.ndarray, j: np.ndarray, score: np.ndarray, n: int, samp
     if level is None:
         return FLOOR, f"auto: {FLOOR} (only {samples} images with a {LOOKALIKE_RANK + 1}th neighbour to measure look-alikes on)"
     raised = level + GAP * (1.0 - level)
-    seen = f"distinct look-alikes score up to {level:.3f} here, the {QUANTILE:.0%} point of each image's {LOOKALIKE_RANK + 1}th-best candidate"
+    point = f"the {QUANTILE:.0%} point of each image's {LOOKALIKE_RANK + 1}th-best candidate"
+    if level > 0:
+        seen = f"distinct look-alikes score up to {level:.3f} here, {point}"
+    else:  # those pairs were refused before the fine comparison (verify.py): they do not even line up
+        seen = f"distinct images do not line up here: {point} scores 0 (refused before the fine comparison)"
     if raised <= FLOOR:
         return FLOOR, f"auto: {FLOOR} (the floor: {seen})"
     return round(raised, 4), f"auto: {raised:.3f} ({seen}; {GAP:.0%} of the way from there to 1, above the floor {FLOOR})"
