@@ -33,17 +33,24 @@ CPU = ["preprocess.size=32", "preprocess.median_ksize=0", "train.workers=0", "tr
        "train.patience=0", "train.eval_batch_size=256", "augment.hflip=0.0", "augment.erasing=0.0", "train.mixup=0.0", "train.cutmix=0.0"]
 
 
+TEST_PER_CLASS = 5  # unlabelled test images per class (the pipeline needs a test set; no arm uses it)
+
+
 def write_competition(folder: Path, digits: list[int], per_class: int | None, seed: int) -> Path:
     """Class-per-folder competition of the chosen digits: all their images (per_class None) or a sample."""
     data = load_digits()
     images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)
     rng = np.random.default_rng(seed)
+    (folder / "test").mkdir(parents=True, exist_ok=True)
     for digit in digits:
-        rows = np.where(data.target == digit)[0]
-        rows = rows if per_class is None else rng.choice(rows, per_class, replace=False)
+        rows = rng.permutation(np.where(data.target == digit)[0])
+        held_out, rows = rows[:TEST_PER_CLASS], rows[TEST_PER_CLASS:]  # a test set, as every competition has
+        rows = rows if per_class is None else rows[:per_class]
         (folder / "train" / str(digit)).mkdir(parents=True, exist_ok=True)
         for i in rows:
             cv2.imwrite(str(folder / "train" / str(digit) / f"{i:04d}.png"), images[i])
+        for i in held_out:
+            cv2.imwrite(str(folder / "test" / f"{i:04d}.png"), images[i])
     return folder
 
 

@@ -61,7 +61,8 @@ def duration(seconds: float) -> str:
 @dataclass
 class RunClock:
     """Epochs this run still has to train, over all its folds, and how long the done ones took: the
-    run-level ETA. A resumed fold or an early stop takes its epochs off the total (`skip`)."""
+    run-level ETA. A resumed fold or an early stop takes its epochs off the total (`skip`); a fold that
+    trains more epochs than planned (train.min_steps) adds them (a negative skip)."""
 
     total_epochs: int
     done: int = 0
@@ -69,7 +70,7 @@ class RunClock:
     announced: bool = False
 
     def skip(self, epochs: int) -> None:
-        self.total_epochs -= max(0, epochs)
+        self.total_epochs -= epochs
 
     def add(self, seconds: float) -> None:
         self.done, self.seconds = self.done + 1, self.seconds + seconds

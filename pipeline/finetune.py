@@ -3,7 +3,8 @@
 params.yaml's `finetune:` section names train keys (train.lr, train.epochs, train.layer_decay, train.norm,
 ...) with the values to use when `train.pretrained` loads weights (true, a path, or auto finding them).
 The rule: a key set with -S (or by the example section) keeps that value; every other key in the
-preset replaces the train value, and the CLI prints the line saying which. To change a fine-tuning
+preset replaces the train value, and the CLI prints the line saying which. Epochs set that way also
+keep train's own min_steps: the preset's step minimum would otherwise raise them. To change a fine-tuning
 value in params.yaml, edit it in `finetune:` (the `train:` values are the from-scratch recipe).
 
 It lives here rather than in pipeline/params.py so that params loading (which every stage's code hash
@@ -32,8 +33,10 @@ def finetune_overrides(params: Params, explicit: set[str]) -> tuple[dict[str, An
         return {}, ""
     if not weights.loaded:  # auto chose scratch: train says so in its first line
         return {}, ""
-    tuned = {k: v for k, v in params.finetune.items() if k not in explicit}
-    kept = [k for k in params.finetune if k in explicit]
+    # Epochs set by hand are the epochs trained: the preset's step minimum goes with the preset's epochs.
+    dropped = {"train.min_steps"} if "train.epochs" in explicit and "train.min_steps" not in explicit else set()
+    tuned = {k: v for k, v in params.finetune.items() if k not in explicit | dropped}
+    kept = [k for k in params.finetune if k in explicit] + [f"train.min_steps={params.train.min_steps} with your train.epochs" for _ in dropped]
     listed = ", ".join(f"{k}={v}" for k, v in tuned.items()) or "none"
     return tuned, f"finetune overrides ({weights.describe()}): {listed}" + (f"; kept your {', '.join(kept)}" if kept else "")
 

@@ -141,6 +141,7 @@ class TrainParams(Section):
     full_fit: bool  # after the folds, one more model on every image for their median best epoch count (no OOF)
     # Optimisation.
     epochs: int = Field(ge=1)
+    min_steps: int = Field(ge=0)  # at least this many optimiser steps per fold: epochs are raised to reach them (0: off)
     batch_size: int | Literal["auto"] = Field(description="global batch per micro-step, or auto (probe the device)")
     batch_size_max: int = Field(ge=1)  # auto: the probe starts here and halves on out-of-memory
     accumulate: int = Field(ge=1)  # gradient accumulation steps

@@ -144,6 +144,9 @@ def test_finetune_preset_applies_when_weights_load_and_the_user_wins(hub):
     assert params.train.lr == params.finetune["train.lr"] and params.train.layer_decay == params.finetune["train.layer_decay"]
     assert params.train.norm == "pretrained" and params.train.epochs == 7  # -S keeps the user's value
     assert "finetune overrides" in said and "kept your train.epochs" in said
+    assert params.train.min_steps == 0 and "train.min_steps=0 with your train.epochs" in said  # 7 epochs are 7 epochs
+    preset, _, said = load_finetuned("params.yaml", ["data.root=/nonexistent", "train.model=resnet10t", "train.pretrained=true"])
+    assert preset.train.epochs == preset.finetune["train.epochs"] and preset.train.min_steps == preset.finetune["train.min_steps"] > 0
     auto = resolve_weights(train_params("train.pretrained=auto"))
     assert auto.kind == "hub" and "found in the cache" in auto.describe()
     scratch, _, said = load_finetuned("params.yaml", ["data.root=/nonexistent", "train.model=resnet10t", "train.pretrained=null"])

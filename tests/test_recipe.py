@@ -70,3 +70,14 @@ def test_other_knobs_untouched_and_the_decision_recorded(tmp_path):
     assert record["total_steps"] == 300 and record["ema"].startswith(str(scaled.ema)) and "auto" in record["ema"]
     recipe.apply(p, 25, 0, None)  # a rank that does not write: nothing more on disk
     assert [f.name for f in tmp_path.iterdir()] == [recipe.RECORD]
+
+
+def test_min_steps_raises_the_epochs_and_every_knob_sees_the_longer_run():
+    p = train_params("train.epochs=15", "train.min_steps=500", "train.ema=auto", "train.ema_every=4",
+                     "train.mixup=0.2", "train.regularise_min_epochs=20")
+    short = recipe.resolve(p, 4)  # 15 epochs x 4 steps = 60 steps: raised to 125 epochs (500 steps)
+    assert short.params.epochs == 125 and "train.min_steps 500: 15 epochs are 60 steps" in short.decided["epochs"]
+    assert short.params.ema == pytest.approx(1 - 1 / (0.05 * 500)) and short.params.mixup == 0.2  # 125 epochs: a long run
+    long = recipe.resolve(p, 40)  # 600 steps already: as set, nothing said
+    assert long.params.epochs == 15 and "epochs" not in long.decided
+    assert recipe.resolve(train_params("train.epochs=3", "train.min_steps=0"), 1).params.epochs == 3

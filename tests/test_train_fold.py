@@ -167,3 +167,15 @@ def test_a_batch_job_log_has_one_line_per_epoch_with_the_run_eta(inputs, tmp_pat
     assert all(re.search(r"eta fold \d+:\d\d  eta run \d+:\d\d$", line) for line in lines)
     assert not (tmp_path / ".partial").exists()  # every fold finished: no empty .partial/ left behind
     assert (tmp_path / "top_losses.png").is_file() and list(summary)[0] == "cv accuracy"
+
+
+def test_min_steps_trains_the_raised_epochs_and_says_so(inputs, tmp_path, capfd):
+    """32 training rows of batch 16 are 2 steps an epoch: 1 epoch under min_steps 5 becomes 3, every part of
+    the loop (epoch count, lr schedule, the run's ETA, the record) on the raised length."""
+    run(inputs, tmp_path, ["train.epochs=1", "train.min_steps=5", "train.fold=0", "train.schedule=cosine"])
+    err = " ".join(capfd.readouterr().err.split())
+    assert "recipe for 3 epochs x 2 steps: epochs 3 (train.min_steps 5: 1 epochs are 2 steps)" in err
+    assert "fold 0 epoch 3/3" in err
+    history = pd.read_csv(tmp_path / "fold0" / "metrics.csv")
+    assert len(history) == 3 and history.lr.iloc[-1] < history.lr.max()  # the cosine spans the 6 steps, not 2
+    assert json.loads((tmp_path / "fold0" / "recipe.json").read_text())["total_steps"] == 6

@@ -19,7 +19,7 @@ from pipeline import distributed as ddp
 from pipeline.artifacts import finished_folds, read_json, replace_dir, write_json
 from pipeline.console import console
 from pipeline.params import Params
-from stages.train import checkpoint
+from stages.train import checkpoint, recipe
 from stages.train.plots import best_epoch
 from stages.train.rows import Rows, TrainData, concat
 
@@ -35,6 +35,18 @@ def best_epochs(out: Path, folds: list[int], metric: str) -> dict[int, int]:
         history = pd.read_csv(out / f"fold{fold}" / "metrics.csv")
         found[fold] = int(history.epoch[best_epoch(history, metric)]) + 1
     return found
+
+
+def planned_epochs(out: Path, folds: list[int], epochs: int) -> int:
+    """The folds' planned epoch count as their recipes resolved it (train.min_steps may have raised
+    `epochs`), from each fold's recipe.json; `epochs` where a fold has none."""
+    counts = [epochs]
+    for fold in folds:
+        path = out / f"fold{fold}" / recipe.RECORD
+        if path.is_file():
+            record = read_json(path)
+            counts.append(record["total_steps"] // max(1, record["steps_per_epoch"]))
+    return max(counts)
 
 
 def full_rows(rows: Rows, monitor_fold: int, seed: int) -> Rows:
@@ -68,8 +80,8 @@ def run(data: TrainData, params: Params, out: Path, partial: Path, key: str, dev
         console.print(f"full fit: every training image for {count} epochs (median best epoch of folds {epochs}); "
                       f"logged below as fold {monitor_fold}, validated on training images (a fit check)")
     # The folds' regularisers whatever the shorter count: the full fit repeats their recipe (stages.train.recipe).
-    regularise = 0 if p.epochs >= p.regularise_min_epochs else p.regularise_min_epochs
-    full = params.model_copy(update={"train": p.model_copy(update={"epochs": count, "patience": 0, "fold": None,
+    regularise = 0 if planned_epochs(out, folds, p.epochs) >= p.regularise_min_epochs else p.regularise_min_epochs
+    full = params.model_copy(update={"train": p.model_copy(update={"epochs": count, "patience": 0, "fold": None, "min_steps": 0,
                                                                    "regularise_min_epochs": regularise})})
     train_fold(monitor_fold, dataclasses.replace(data, rows=full_rows(data.rows, monitor_fold, params.seed)), full, partial, device, path)
     if ddp.is_main():

@@ -82,6 +82,7 @@ class Fold:
     index: int
     dir: Path
     seed: int
+    params: Params  # the run's params with the fold's recipe (stages.train.recipe): what this fold trains with
     part: Rows  # the training rows
     val_rows: np.ndarray  # RowStack rows of the validation images
     val_labels: np.ndarray  # what metrics score against: class indices, or (N, K) 0/1 tags for multi-label
@@ -139,8 +140,11 @@ def train_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
                clock: RunClock | None = None) -> np.ndarray:
     """Train one fold on the `path` ("device" or "loader") chosen for the run; returns the best
     checkpoint's validation probabilities (OOF rows)."""
-    p = params.train
     fold = build_fold(fold_index, data, params, out, device, path)
+    if clock is not None:
+        clock.skip(params.train.epochs - fold.params.train.epochs)  # train.min_steps may have raised the epochs
+    params = fold.params  # from here on the recipe's values (epochs, EMA, mixing) are the fold's own
+    p = params.train
     progress = resume(fold, params)
     if p.curriculum and progress.start_epoch < p.epochs:
         fold.difficulty = rank_difficulty(fold, data, params, device)
@@ -211,7 +215,7 @@ def build_fold(fold_index: int, data: TrainData, params: Params, out: Path, devi
             "model_kwargs": input_size_kwargs(p.model, tuple(data.pixels.shape[1:3])),  # predict builds the same architecture
             "params": p.model_dump(mode="json"), "distill": d.model_dump(mode="json") if d.teacher else None, "fold": fold_index}
     val_truth = data.rows.targets[val_idx].round().astype(int) if multi_label else data.rows.labels[val_idx]
-    return Fold(fold_index, fold_dir, seed, part, val_rows, val_truth, model,
+    return Fold(fold_index, fold_dir, seed, params.model_copy(update={"train": p}), part, val_rows, val_truth, model,
                 ddp.Forward(model, device, p.sync_bn, p.compile and device.type == "cuda"), optimizer,
                 torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
                 Ema(model, p.ema, p.ema_warmup, p.ema_every) if p.ema > 0 else None,

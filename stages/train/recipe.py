@@ -3,6 +3,11 @@
 A pure function of the train params and the fold's optimiser steps per epoch, so every rank and every
 resumed run resolves the same recipe. What it decided is printed and recorded in fold.json.
 
+- Epochs (train.min_steps): a fold whose epochs give fewer optimiser steps than min_steps trains
+  ceil(min_steps / steps per epoch) epochs; every knob below then sees that length. The finetune preset
+  sets 500: its 15 epochs are a few dozen steps on a small dataset (bench/README.md#pretrained-start:
+  fold accuracy 0.60 with 60 steps, 0.96 with 500).
+
 - EMA (train.ema = auto): the average spans the last EMA_SPAN of the optimiser steps, decay
   1 - 1 / (EMA_SPAN * steps), at most EMA_MAX; off when that span holds fewer than EMA_MIN_UPDATES
   updates (one every train.ema_every steps): so short an average is a lagging copy of the weights
@@ -52,10 +57,16 @@ def ema_decay(ema: float | str, total_steps: int, every: int = 1) -> tuple[float
 def resolve(p: TrainParams, steps_per_epoch: int, erasing: float = 0.0) -> Recipe:
     """The fold's effective train params for `p.epochs` epochs of `steps_per_epoch` optimiser steps;
     `erasing`: the augmentation's random-erasing probability (augment.erasing)."""
+    decided, update = {}, {}
+    if p.min_steps > p.epochs * steps_per_epoch:
+        epochs = -(-p.min_steps // steps_per_epoch)
+        decided["epochs"] = f"{epochs} (train.min_steps {p.min_steps}: {p.epochs} epochs are {p.epochs * steps_per_epoch} steps)"
+        p = p.model_copy(update={"epochs": epochs})
+        update["epochs"] = epochs
     total = p.epochs * steps_per_epoch
     decay, why = ema_decay(p.ema, total, p.ema_every)
-    decided = {"ema": f"{decay} ({why})"}
-    update = {"ema": decay}
+    decided["ema"] = f"{decay} ({why})"
+    update["ema"] = decay
     long_run = p.epochs >= p.regularise_min_epochs
     too_short = f"off ({p.epochs} epochs < train.regularise_min_epochs = {p.regularise_min_epochs})"
     if p.mixup or p.cutmix:
@@ -71,7 +82,8 @@ def apply(p: TrainParams, steps_per_epoch: int, fold: int, fold_dir: Path | None
     """resolve(), then say what it decided and record it in fold_dir (None: a rank that does not write)."""
     found = resolve(p, steps_per_epoch, erasing)
     if fold_dir is not None:
-        console.print(f"fold {fold}: recipe for {p.epochs} epochs x {steps_per_epoch} steps: "
+        epochs = found.params.epochs
+        console.print(f"fold {fold}: recipe for {epochs} epochs x {steps_per_epoch} steps: "
                       + "; ".join(f"{k} {v}" for k, v in found.decided.items()), soft_wrap=True)
-        write_json(fold_dir / RECORD, {"steps_per_epoch": steps_per_epoch, "total_steps": p.epochs * steps_per_epoch, **found.decided})
+        write_json(fold_dir / RECORD, {"steps_per_epoch": steps_per_epoch, "total_steps": epochs * steps_per_epoch, **found.decided})
     return found
