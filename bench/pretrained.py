@@ -62,7 +62,8 @@ def stages(data: Path, workdir: Path, overrides: list[str], names=("preprocess",
     for name in names:
         run_stage(BY_NAME[name], params, workdir)
     cv = json.loads((workdir / "train" / "cv.json").read_text())
-    return {"cv": cv, "seconds": time.perf_counter() - t0, "lr": params.train.lr, "epochs": params.train.epochs,
+    planned = json.loads((workdir / "train" / "fold0" / "recipe.json").read_text())  # train.min_steps may raise the epochs
+    return {"cv": cv, "seconds": time.perf_counter() - t0, "lr": params.train.lr, "epochs": planned["total_steps"] // planned["steps_per_epoch"],
             "layer_decay": params.train.layer_decay, "norm": params.train.norm}
 
 
