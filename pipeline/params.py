@@ -371,7 +371,10 @@ def _describe(err: dict) -> str:
     key = _key(err)
     old = {new: old for old, new in RENAMED.items()}
     if err["type"] == "missing":
-        return f"{key}: missing from params.yaml" + (f" (it was called {old[key]}: rename it)" if key in old else "")
+        if key in old:
+            return f"{key}: missing from params.yaml (it was called {old[key]}: rename it)"
+        shipped = _shipped_value(key)
+        return f"{key}: missing from params.yaml" + (f" (new in this version; the shipped default is {shipped!r})" if shipped is not None else "")
     if err["type"] == "extra_forbidden" and key in RENAMED:
         return f"{key}: renamed to {RENAMED[key]}"
     if err["type"] == "extra_forbidden":
@@ -379,6 +382,20 @@ def _describe(err: dict) -> str:
     if isinstance(err.get("input"), dict):  # a section-level check: the message names the keys itself
         return f"{key}: {err['msg'].removeprefix('Value error, ')}"
     return f"{key} = {err.get('input')!r}: {err['msg'].lower()}"
+
+
+def _shipped_value(key: str) -> Any:
+    """The value of dotted `key` in the params.yaml this version ships (what `pipeline init` writes), or
+    None: a params.yaml from an older version lacks the keys added since."""
+    from importlib import resources
+
+    try:
+        value = yaml.safe_load(resources.files("pipeline").joinpath("defaults/params.yaml").read_text())
+        for part in key.split("."):
+            value = value[part]
+        return value
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
 
 
 def _allowed(loc: tuple) -> list[str]:

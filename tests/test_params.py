@@ -92,3 +92,10 @@ def test_a_renamed_key_says_its_new_name(tmp_path):
         load_params(old)
     with pytest.raises(ParamsError, match="train.mix_min_epochs: renamed to train.regularise_min_epochs"):
         load_params(Path("params.yaml"), ["train.mix_min_epochs=10"])
+
+
+def test_a_key_added_since_the_users_params_yaml_says_its_shipped_default(tmp_path):
+    old = tmp_path / "params.yaml"
+    old.write_text("\n".join(line for line in Path("params.yaml").read_text().splitlines() if not line.startswith("  min_steps:")))
+    with pytest.raises(ParamsError, match=r"train.min_steps: missing from params.yaml \(new in this version; the shipped default is 0\)"):
+        load_params(old)
