@@ -685,7 +685,10 @@ def run_all(params: Params, workdir: Path, force: bool = False) -> list[str]:
         raise StageError("`pipeline run` is single-process: under torchrun launch `pipeline train`, then run "
                          "`pipeline run` or `pipeline predict` without torchrun (docs/distributed.md)")
     with workdir_lock(workdir):
-        check_before_work(stages_for(params), params, workdir)  # train's check covers the pretrained weights
+        stages = stages_for(params)
+        # Nothing to run, nothing to check: the checks import every stage's code (torch, timm: seconds).
+        if force or any(stage_status(stage, params, workdir)[0] != "fresh" for stage in stages):
+            check_before_work(stages, params, workdir)  # train's check covers the pretrained weights
         return _run_all_locked(params, workdir, force)
 
 
