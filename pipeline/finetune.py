@@ -34,9 +34,11 @@ def finetune_overrides(params: Params, explicit: set[str]) -> tuple[dict[str, An
     if not weights.loaded:  # auto chose scratch: train says so in its first line
         return {}, ""
     # Epochs set by hand are the epochs trained: the preset's step minimum goes with the preset's epochs.
-    dropped = {"train.min_steps"} if "train.epochs" in explicit and "train.min_steps" not in explicit else set()
-    tuned = {k: v for k, v in params.finetune.items() if k not in explicit | dropped}
-    kept = [k for k in params.finetune if k in explicit] + [f"train.min_steps={params.train.min_steps} with your train.epochs" for _ in dropped]
+    kept = [k for k in params.finetune if k in explicit]
+    if "train.epochs" in explicit and "train.min_steps" in params.finetune and "train.min_steps" not in explicit:
+        explicit = explicit | {"train.min_steps"}
+        kept.append(f"train.min_steps={params.train.min_steps} with your train.epochs")
+    tuned = {k: v for k, v in params.finetune.items() if k not in explicit}
     listed = ", ".join(f"{k}={v}" for k, v in tuned.items()) or "none"
     return tuned, f"finetune overrides ({weights.describe()}): {listed}" + (f"; kept your {', '.join(kept)}" if kept else "")
 

@@ -4,9 +4,8 @@ Both thumbnails are gray, THUMB x THUMB, z-scored (signatures.py), at about the 
 detail. For a batch of pairs, all in torch:
 
 1. Align. The overlap-normalised cross-correlation of the lightly blurred thumbnails over every
-   integer shift up to `max_shift`, the
-   best shift refined to sub-pixel by a parabola through the peak and its neighbours, then B resampled
-   (bicubic) onto A's grid; a pair whose best shift is the largest searched has no peak and is
+   integer shift up to `max_shift`, the best shift refined to sub-pixel by a parabola through the
+   peak and its neighbours, then B resampled (bicubic) onto A's grid; a pair whose best shift is the largest searched has no peak and is
    refused (on_border); then one of the two blurred to match the other, or both lightly, or
    neither, whichever correlates best (match_blur: a resized copy has lost fine detail, a sub-pixel
    shift aliases it differently). Brightness and contrast are absorbed by the z-scoring and step 2's

@@ -57,16 +57,15 @@ def ema_decay(ema: float | str, total_steps: int, every: int = 1) -> tuple[float
 def resolve(p: TrainParams, steps_per_epoch: int, erasing: float = 0.0) -> Recipe:
     """The fold's effective train params for `p.epochs` epochs of `steps_per_epoch` optimiser steps;
     `erasing`: the augmentation's random-erasing probability (augment.erasing)."""
-    decided, update = {}, {}
+    decided = {}
     if p.min_steps > p.epochs * steps_per_epoch:
         epochs = -(-p.min_steps // steps_per_epoch)
         decided["epochs"] = f"{epochs} (train.min_steps {p.min_steps}: {p.epochs} epochs are {p.epochs * steps_per_epoch} steps)"
-        p = p.model_copy(update={"epochs": epochs})
-        update["epochs"] = epochs
+        p = p.model_copy(update={"epochs": epochs})  # every knob below sees the raised length
     total = p.epochs * steps_per_epoch
     decay, why = ema_decay(p.ema, total, p.ema_every)
     decided["ema"] = f"{decay} ({why})"
-    update["ema"] = decay
+    update = {"ema": decay}
     long_run = p.epochs >= p.regularise_min_epochs
     too_short = f"off ({p.epochs} epochs < train.regularise_min_epochs = {p.regularise_min_epochs})"
     if p.mixup or p.cutmix:
